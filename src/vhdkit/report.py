@@ -1,0 +1,107 @@
+"""Findings and their renderers (text, JSON, JUnit XML). Pure data: nothing here prints."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One judged rule.
+
+    ``id`` is stable (used by CI and tests), ``evidence`` says what was read and where,
+    ``fix`` is the exact command or action that repairs it ("" when nothing to do).
+    ``passed`` findings are kept so that JUnit can list every rule as a test case.
+    """
+
+    id: str
+    severity: Severity
+    message: str
+    evidence: str = ""
+    fix: str = ""
+    passed: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    """The outcome of ``check`` or ``preflight`` on one disk."""
+
+    subject: str
+    findings: list[Finding] = field(default_factory=list)
+    facts: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if not f.passed]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.problems if f.severity == "error"]
+
+    @property
+    def ready(self) -> bool:
+        return not self.errors
+
+    def extend(self, findings: Iterable[Finding]) -> None:
+        self.findings.extend(findings)
+
+
+def render_text(report: Report, verbose: bool = False) -> str:
+    lines = [f"{report.subject}: {'READY' if report.ready else 'NOT READY'} for Azure"]
+    shown: Sequence[Finding] = report.findings if verbose else report.problems
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    for f in sorted(shown, key=lambda x: (x.passed, order[x.severity])):
+        tag = "ok" if f.passed else f.severity
+        lines.append(f"  [{tag}] {f.id}: {f.message}")
+        if f.evidence:
+            lines.append(f"      evidence: {f.evidence}")
+        if f.fix and not f.passed:
+            lines.append(f"      fix: {f.fix}")
+    if not report.problems:
+        lines.append("  no problems found")
+    return "\n".join(lines)
+
+
+def render_json(report: Report) -> str:
+    doc = {
+        "subject": report.subject,
+        "ready": report.ready,
+        "facts": report.facts,
+        "findings": [f.to_dict() for f in report.findings],
+    }
+    return json.dumps(doc, indent=2, sort_keys=False)
+
+
+def render_junit(report: Report, suite: str = "vhdkit") -> str:
+    """One test case per rule; errors are failures, warnings and infos pass with system-out."""
+    ts = ET.Element(
+        "testsuite",
+        name=suite,
+        tests=str(len(report.findings)),
+        failures=str(len(report.errors)),
+        errors="0",
+    )
+    for f in report.findings:
+        tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{report.subject}", name=f.id)
+        body = "\n".join(x for x in (f.message, f"evidence: {f.evidence}" if f.evidence else "",
+                                     f"fix: {f.fix}" if f.fix else "") if x)
+        if not f.passed and f.severity == "error":
+            fail = ET.SubElement(tc, "failure", message=f.message, type=f.id)
+            fail.text = body
+        else:
+            out = ET.SubElement(tc, "system-out")
+            out.text = body
+    root = ET.Element("testsuites")
+    root.append(ts)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
