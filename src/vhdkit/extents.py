@@ -102,5 +102,5 @@ def nonzero_runs(buf: bytes | bytearray | memoryview, base: int = 0) -> list[Ext
     ends = edges[1::2]
     return [
         Extent(base + int(s) * SECTOR, int(e - s) * SECTOR)
-        for s, e in zip(starts.tolist(), ends.tolist())
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
     ]

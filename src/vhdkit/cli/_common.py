@@ -1,0 +1,43 @@
+"""Shared CLI plumbing: error mapping, exit codes, output helpers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import click
+
+from ..errors import VhdkitError
+from ..secrets import redact
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_NOT_READY = 1
+EXIT_ERROR = 2
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error (secrets redacted) and exit 2."""
+    line = " ".join(redact(str(message)).split())
+    click.echo(f"vhdkit: error: {line}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def run(fn: Callable[[], T]) -> T:
+    """Call ``fn``; turn vhdkit and OS errors into a one-line message and exit code 2."""
+    try:
+        return fn()
+    except VhdkitError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{':' if name else ''}{name}")
+    except KeyboardInterrupt:
+        click.echo("vhdkit: interrupted", err=True)
+        sys.exit(130)
+
+
+def emit(text: str) -> None:
+    click.echo(redact(text))

@@ -1,0 +1,1 @@
+"""The VHD format layer: declarations (structs) and the reader (image)."""

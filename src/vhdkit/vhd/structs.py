@@ -1,0 +1,307 @@
+"""`construct` declarations of the VHD on-disk structures. No I/O here.
+
+Big-endian throughout. Reserved areas are kept as raw bytes (not ``Padding``) so that
+parse -> build reproduces the input byte for byte, even when a writer left garbage there.
+The checksum sits in the middle of the footer and header, so it is computed by a plain function
+over the raw bytes rather than by a construct ``Checksum`` field.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import construct as cs
+import numpy as np
+
+from ..errors import FormatError
+
+FOOTER_SIZE = 512
+HEADER_SIZE = 1024
+SECTOR = 512
+FOOTER_COOKIE = b"conectix"
+HEADER_COOKIE = b"cxsparse"
+VHDX_SIGNATURE = b"vhdxfile"
+VERSION_1_0 = 0x00010000
+FEATURE_RESERVED = 0x2
+FEATURE_TEMPORARY = 0x1
+NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
+BAT_UNUSED = 0xFFFFFFFF
+#: seconds between the Unix epoch and the VHD epoch (2000-01-01T00:00:00Z)
+VHD_EPOCH = 946684800
+MAX_DYNAMIC_SIZE = 2040 * 1024**3
+MAX_CHS_SECTORS = 65535 * 16 * 255
+#: checksum field offsets inside footer and header
+FOOTER_CHECKSUM_OFFSET = 64
+HEADER_CHECKSUM_OFFSET = 36
+
+
+class DiskType(enum.IntEnum):
+    NONE = 0
+    RESERVED_1 = 1
+    FIXED = 2
+    DYNAMIC = 3
+    DIFFERENCING = 4
+    RESERVED_5 = 5
+    RESERVED_6 = 6
+
+
+VALID_DISK_TYPES = (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING)
+
+# Creator applications whose ``current size`` qemu trusts over the CHS geometry.
+QEMU_TRUSTS_CURRENT_SIZE = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\x00")
+
+FOOTER_STRUCT = cs.Struct(
+    "cookie" / cs.Bytes(8),
+    "features" / cs.Int32ub,
+    "version" / cs.Int32ub,
+    "data_offset" / cs.Int64ub,
+    "timestamp" / cs.Int32ub,
+    "creator_app" / cs.Bytes(4),
+    "creator_version" / cs.Int32ub,
+    "creator_os" / cs.Bytes(4),
+    "original_size" / cs.Int64ub,
+    "current_size" / cs.Int64ub,
+    "cylinders" / cs.Int16ub,
+    "heads" / cs.Int8ub,
+    "sectors_per_track" / cs.Int8ub,
+    # Enum parses unknown values silently as plain ints; Footer.validate() checks them.
+    "disk_type" / cs.Enum(cs.Int32ub, DiskType),
+    "checksum" / cs.Int32ub,
+    "unique_id" / cs.Bytes(16),
+    "saved_state" / cs.Int8ub,
+    "reserved" / cs.Bytes(427),
+)
+assert FOOTER_STRUCT.sizeof() == FOOTER_SIZE
+
+LOCATOR_STRUCT = cs.Struct(
+    "platform_code" / cs.Bytes(4),
+    "data_space" / cs.Int32ub,
+    "data_length" / cs.Int32ub,
+    "reserved" / cs.Int32ub,
+    "data_offset" / cs.Int64ub,
+)
+
+HEADER_STRUCT = cs.Struct(
+    "cookie" / cs.Bytes(8),
+    "data_offset" / cs.Int64ub,
+    "table_offset" / cs.Int64ub,
+    "header_version" / cs.Int32ub,
+    "max_table_entries" / cs.Int32ub,
+    "block_size" / cs.Int32ub,
+    "checksum" / cs.Int32ub,
+    "parent_unique_id" / cs.Bytes(16),
+    "parent_timestamp" / cs.Int32ub,
+    "reserved1" / cs.Bytes(4),
+    "parent_name" / cs.Bytes(512),
+    "parent_locators" / cs.Array(8, LOCATOR_STRUCT),
+    "reserved2" / cs.Bytes(256),
+)
+assert HEADER_STRUCT.sizeof() == HEADER_SIZE
+
+#: Field name -> byte offset, for error messages that name the field and where it lives.
+FOOTER_OFFSETS: dict[str, int] = {}
+HEADER_OFFSETS: dict[str, int] = {}
+
+
+def _offsets(struct: cs.Struct, out: dict[str, int]) -> None:
+    pos = 0
+    for sub in struct.subcons:
+        out[sub.name] = pos
+        pos += sub.sizeof()
+
+
+_offsets(FOOTER_STRUCT, FOOTER_OFFSETS)
+_offsets(HEADER_STRUCT, HEADER_OFFSETS)
+
+
+def bat_struct(entries: int) -> cs.Construct:
+    """Declaration of a BAT of ``entries`` big-endian sector numbers (for building and tests)."""
+    return cs.Array(entries, cs.Int32ub)
+
+
+def parse_bat(raw: bytes) -> np.ndarray[Any, np.dtype[np.uint32]]:
+    """Parse BAT bytes; equivalent to ``bat_struct(n).parse`` but vectorised for large tables."""
+    return np.frombuffer(raw, dtype=">u4").astype(np.uint32)
+
+
+def vhd_checksum(raw: bytes, checksum_offset: int) -> int:
+    """One's complement of the byte sum, the 4 checksum bytes counted as zero."""
+    total = sum(raw) - sum(raw[checksum_offset : checksum_offset + 4])
+    return (~total) & 0xFFFFFFFF
+
+
+def chs_geometry(size: int) -> tuple[int, int, int]:
+    """CHS geometry (cylinders, heads, sectors/track) for a size, per the VHD specification."""
+    ts = min(size // SECTOR, MAX_CHS_SECTORS)
+    if ts >= 65535 * 16 * 63:
+        spt, heads = 255, 16
+        cth = ts // spt
+    else:
+        spt = 17
+        cth = ts // spt
+        heads = max(4, (cth + 1023) // 1024)
+        if cth >= heads * 1024 or heads > 16:
+            spt, heads = 31, 16
+            cth = ts // spt
+        if cth >= heads * 1024:
+            spt, heads = 63, 16
+            cth = ts // spt
+    return cth // heads, heads, spt
+
+
+def _trunc(value: bytes) -> str:
+    return repr(value[:16])
+
+
+@dataclass(frozen=True)
+class Footer:
+    """The 512-byte hard disk footer (copied at offset 0 for dynamic and differencing disks)."""
+
+    cookie: bytes
+    features: int
+    version: int
+    data_offset: int
+    timestamp: int
+    creator_app: bytes
+    creator_version: int
+    creator_os: bytes
+    original_size: int
+    current_size: int
+    cylinders: int
+    heads: int
+    sectors_per_track: int
+    disk_type: int
+    checksum: int
+    unique_id: bytes
+    saved_state: int
+    reserved: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Footer:
+        if len(raw) != FOOTER_SIZE:
+            raise ValueError("footer must be 512 bytes")
+        c = FOOTER_STRUCT.parse(raw)
+        values: dict[str, Any] = {f.name: c[f.name] for f in fields(cls)}
+        values["disk_type"] = int(c.disk_type)
+        return cls(**values)
+
+    def build(self) -> bytes:
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return bytes(FOOTER_STRUCT.build(values))
+
+    def with_checksum(self) -> Footer:
+        """A copy whose checksum field is correct for its other fields."""
+        raw = replace(self, checksum=0).build()
+        return replace(self, checksum=vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET))
+
+    @property
+    def geometry_size(self) -> int:
+        return self.cylinders * self.heads * self.sectors_per_track * SECTOR
+
+    @property
+    def legacy(self) -> bool:
+        """Very old images: features bit 0x2 clear (often with a 511-byte footer)."""
+        return not self.features & FEATURE_RESERVED
+
+    def problems(self, raw: bytes, base: int) -> list[FormatError]:
+        """Everything wrong with this footer, as errors naming field and absolute offset."""
+        out: list[FormatError] = []
+
+        def bad(name: str, problem: str) -> None:
+            out.append(FormatError(f"footer.{name}", base + FOOTER_OFFSETS[name], problem))
+
+        if self.cookie != FOOTER_COOKIE:
+            bad("cookie", f"expected b'conectix', found {_trunc(self.cookie)}")
+        want = vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
+        if self.checksum != want:
+            bad("checksum", f"stored 0x{self.checksum:08x}, computed 0x{want:08x}")
+        if self.version != VERSION_1_0:
+            bad("version", f"expected 0x00010000, found 0x{self.version:08x}")
+        if self.disk_type not in VALID_DISK_TYPES:
+            bad("disk_type", f"type {self.disk_type} is reserved (expected 2, 3 or 4)")
+        if self.current_size % SECTOR:
+            bad("current_size", f"{self.current_size} is not a multiple of 512")
+        return out
+
+
+@dataclass(frozen=True)
+class ParentLocator:
+    platform_code: bytes
+    data_space: int
+    data_length: int
+    reserved: int
+    data_offset: int
+
+
+@dataclass(frozen=True)
+class DynamicHeader:
+    """The 1024-byte dynamic disk header at ``footer.data_offset``."""
+
+    cookie: bytes
+    data_offset: int
+    table_offset: int
+    header_version: int
+    max_table_entries: int
+    block_size: int
+    checksum: int
+    parent_unique_id: bytes
+    parent_timestamp: int
+    reserved1: bytes
+    parent_name: bytes
+    parent_locators: tuple[ParentLocator, ...]
+    reserved2: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> DynamicHeader:
+        if len(raw) != HEADER_SIZE:
+            raise ValueError("dynamic header must be 1024 bytes")
+        c = HEADER_STRUCT.parse(raw)
+        values: dict[str, Any] = {f.name: c[f.name] for f in fields(cls)}
+        values["parent_locators"] = tuple(
+            ParentLocator(**{k: loc[k] for k in LOCATOR_STRUCT_NAMES}) for loc in c.parent_locators
+        )
+        return cls(**values)
+
+    def build(self) -> bytes:
+        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["parent_locators"] = [
+            {k: getattr(loc, k) for k in LOCATOR_STRUCT_NAMES} for loc in self.parent_locators
+        ]
+        return bytes(HEADER_STRUCT.build(values))
+
+    def with_checksum(self) -> DynamicHeader:
+        raw = replace(self, checksum=0).build()
+        return replace(self, checksum=vhd_checksum(raw, HEADER_CHECKSUM_OFFSET))
+
+    @property
+    def parent_name_text(self) -> str:
+        return self.parent_name.decode("utf-16-be", errors="replace").split("\x00", 1)[0]
+
+    @property
+    def bitmap_size(self) -> int:
+        """Bytes of sector bitmap in front of each block, padded to a 512-byte multiple."""
+        nbytes = (self.block_size // SECTOR + 7) // 8
+        return (nbytes + SECTOR - 1) // SECTOR * SECTOR
+
+    def problems(self, raw: bytes, base: int) -> list[FormatError]:
+        out: list[FormatError] = []
+
+        def bad(name: str, problem: str) -> None:
+            out.append(FormatError(f"header.{name}", base + HEADER_OFFSETS[name], problem))
+
+        if self.cookie != HEADER_COOKIE:
+            bad("cookie", f"expected b'cxsparse', found {_trunc(self.cookie)}")
+        want = vhd_checksum(raw, HEADER_CHECKSUM_OFFSET)
+        if self.checksum != want:
+            bad("checksum", f"stored 0x{self.checksum:08x}, computed 0x{want:08x}")
+        if self.header_version != VERSION_1_0:
+            bad("header_version", f"expected 0x00010000, found 0x{self.header_version:08x}")
+        bs = self.block_size
+        if bs < SECTOR or bs & (bs - 1):
+            bad("block_size", f"{bs} is not a power of two of at least 512")
+        return out
+
+
+LOCATOR_STRUCT_NAMES = ("platform_code", "data_space", "data_length", "reserved", "data_offset")
