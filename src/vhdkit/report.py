@@ -27,6 +27,8 @@ class Finding:
     evidence: str = ""
     fix: str = ""
     passed: bool = False
+    #: False for a rule that does not apply to this disk (a JUnit "skipped" case)
+    applicable: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -58,7 +60,8 @@ class Report:
 
 def render_text(report: Report, verbose: bool = False) -> str:
     lines = [f"{report.subject}: {'READY' if report.ready else 'NOT READY'} for Azure"]
-    shown: Sequence[Finding] = report.findings if verbose else report.problems
+    shown: Sequence[Finding] = (
+        [f for f in report.findings if f.applicable] if verbose else report.problems)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     for f in sorted(shown, key=lambda x: (x.passed, order[x.severity])):
         tag = "ok" if f.passed else f.severity
@@ -95,7 +98,9 @@ def render_junit(report: Report, suite: str = "vhdkit") -> str:
         tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{report.subject}", name=f.id)
         body = "\n".join(x for x in (f.message, f"evidence: {f.evidence}" if f.evidence else "",
                                      f"fix: {f.fix}" if f.fix else "") if x)
-        if not f.passed and f.severity == "error":
+        if not f.applicable:
+            ET.SubElement(tc, "skipped", message=f.message)
+        elif not f.passed and f.severity == "error":
             fail = ET.SubElement(tc, "failure", message=f.message, type=f.id)
             fail.text = body
         else:

@@ -1,0 +1,3 @@
+from vhdkit.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""Azure readiness rules. Each rule yields one Finding (passed or not) so that JUnit can list every
+rule as a test case; the fix of a failed rule is the exact vhdkit command that repairs it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up_mib
+from .disk import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
+from .errors import FormatError, ParentNotFound
+from .report import Finding, Report, Severity
+from .vhd.image import VhdImage
+from .vhd.structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
+
+GIB = 1024**3
+#: Azure's limit for an OS disk (Generation 1 VMs can use at most 2 TiB of it: MBR).
+OS_DISK_MAX = 4095 * GIB
+
+#: FormatError field prefixes -> the rule that reports them.
+FIELD_RULES: list[tuple[str, str]] = [
+    ("footer.cookie", "vhd.cookie"),
+    ("footer.checksum", "vhd.footer-checksum"),
+    ("footer.version", "vhd.version"),
+    ("footer.disk_type", "vhd.type"),
+    ("footer.current_size", "vhd.file-size"),
+    ("footer.data_offset", "vhd.header"),
+    ("header.checksum", "vhd.header-checksum"),
+    ("header.max_table_entries", "vhd.bat-entries"),
+    ("header.table_offset", "vhd.bat-entries"),
+    ("header", "vhd.header"),
+    ("bat", "vhd.bat-range"),
+    ("file", "vhd.file-size"),
+]
+
+#: Every rule check() judges, in report order, with the message shown when it passes.
+RULES: dict[str, str] = {
+    "format": "the image is a VHD",
+    "vhd.cookie": "footer cookie is 'conectix'",
+    "vhd.footer-checksum": "footer checksum is valid",
+    "vhd.version": "footer format version is 1.0",
+    "vhd.type": "the VHD is fixed",
+    "vhd.footer-copy": "footer copies agree",
+    "vhd.header": "dynamic header is readable",
+    "vhd.header-checksum": "dynamic header checksum is valid",
+    "vhd.bat-entries": "BAT entry count matches the size",
+    "vhd.bat-range": "every BAT block lies inside the file",
+    "vhd.bat-overlap": "no BAT blocks overlap",
+    "vhd.parent": "the parent disk is found and matches",
+    "vhd.dynamic-size": "dynamic size is within 2040 GiB",
+    "vhd.file-size": "file size is virtual size + 512",
+    "vhd.geometry-size": "every reader sees the same virtual size",
+    "azure.size-mib": "virtual size is a whole number of MiB",
+    "azure.size-range": "size is within Azure's 20 MiB .. 32 TiB",
+}
+
+
+def rule_for(err: FormatError) -> str:
+    return next((rule for prefix, rule in FIELD_RULES if err.field.startswith(prefix)),
+                "vhd.header")
+
+
+def _q(path: str) -> str:
+    return shlex.quote(path)
+
+
+def converted_name(path: str) -> str:
+    stem, _ = os.path.splitext(path)
+    return f"{stem}-azure.vhd"
+
+
+class _Judge:
+    """Collects findings; rules not reported as failed are recorded as passed at the end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.report = Report(subject=path)
+        self.failed: set[str] = set()
+        self.skipped: set[str] = set()
+
+    def fail(self, rule: str, severity: Severity, message: str, evidence: str = "",
+             fix: str = "") -> None:
+        self.failed.add(rule)
+        self.report.findings.append(Finding(rule, severity, message, evidence, fix))
+
+    def skip(self, *rules: str) -> None:
+        self.skipped.update(rules)
+
+    def finish(self, rules: list[str]) -> Report:
+        for rule in rules:
+            if rule in self.failed or rule not in RULES:
+                continue
+            if rule in self.skipped:
+                self.report.findings.append(Finding(rule, "info", "not applicable to this disk",
+                                                    passed=True, applicable=False))
+            else:
+                self.report.findings.append(Finding(rule, "info", RULES[rule], passed=True))
+        return self.report
+
+    @property
+    def convert_fix(self) -> str:
+        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}"
+
+
+def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
+               parent: str | None = None) -> Report:
+    """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
+    path = os.fspath(path)
+    fmt = detect_format_lenient(path)
+    size = os.stat(path).st_size
+    if size < 512:
+        # Too small to hold any disk: unreadable (exit 2), not a list of findings.
+        problem = "empty file (0 bytes)" if size == 0 else f"truncated: only {size} bytes"
+        raise FormatError("file", 0, problem)
+    j = _Judge(path)
+    rules = list(RULES)
+    if os_disk:
+        rules.append("azure.os-disk-size")
+    disk: VirtualDisk | None = None
+    try:
+        disk = open_disk(path, parent, strict=False)
+    except ParentNotFound as exc:
+        j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
+    except FormatError as exc:
+        rule = rule_for(exc)
+        j.fail(rule, "error", f"{exc.field} at offset {exc.offset}: {exc.problem}",
+               evidence=f"{exc.field} @ {exc.offset}",
+               fix="the image is damaged: export it again from its source")
+        j.skip(*(r for r in RULES if r != rule and r != "format"))
+    if disk is None:
+        if fmt != "vhd":
+            j.skip("vhd.cookie")
+        return j.finish(rules)
+    with disk:
+        j.report.facts.update({"format": fmt, "kind": disk.kind, "virtual_size": disk.size,
+                               "file_size": os.stat(path).st_size,
+                               "azure_size": round_up_mib(disk.size)})
+        image: VhdImage | None = getattr(disk, "image", None)
+        _format_rule(j, disk, image)
+        if image is not None:
+            _vhd_rules(j, disk, image)
+        else:
+            j.skip(*(r for r in RULES if r.startswith("vhd.")))
+        _size_rules(j, disk.size, image, os_disk)
+    return j.finish(rules)
+
+
+def detect_format_lenient(path: str) -> str:
+    """The container format; a VHD with a damaged footer is reported by the rules, not raised."""
+    try:
+        return detect_format(path)
+    except FormatError:
+        return "vhd"
+
+
+def _format_rule(j: _Judge, disk: VirtualDisk, image: VhdImage | None) -> None:
+    if disk.kind == "vhdx":
+        j.fail("format", "error", "VHDX image: Azure accepts only the VHD format",
+               evidence="signature 'vhdxfile' at offset 0", fix=j.convert_fix)
+    elif image is None:
+        j.fail("format", "error", "raw image (no VHD footer): Azure needs a fixed VHD",
+               evidence="no 'conectix' footer in the last 512 bytes", fix=j.convert_fix)
+
+
+def _vhd_rules(j: _Judge, disk: VirtualDisk, image: VhdImage) -> None:
+    f = image.footer
+    if image.disk_type != DiskType.FIXED:
+        name = "dynamic" if image.disk_type == DiskType.DYNAMIC else "differencing"
+        extra = " (flattened through its parent chain)" if name == "differencing" else ""
+        j.fail("vhd.type", "error", f"{name} VHD: Azure accepts only fixed VHDs",
+               evidence=f"footer.disk_type = {int(image.disk_type)} at offset "
+                        f"{image.footer_offset + 60}",
+               fix=j.convert_fix + extra)
+    for a in image.anomalies:
+        sev: Severity = "warning" if a.severity == "warning" else "error"
+        fix = "the image is damaged: export it again from its source"
+        if a.rule == "vhd.footer-copy":
+            fix = j.convert_fix + " (writes a fresh footer)"
+        j.fail(a.rule, sev, a.error.problem, evidence=f"{a.error.field} @ {a.error.offset}",
+               fix=fix)
+    if image.disk_type == DiskType.FIXED:
+        j.skip("vhd.footer-copy", "vhd.header", "vhd.header-checksum", "vhd.bat-entries",
+               "vhd.bat-range", "vhd.bat-overlap", "vhd.dynamic-size", "vhd.parent")
+        want = f.current_size + 512
+        if image.file_size != want and "vhd.file-size" not in j.failed:
+            grow = image.file_size < want
+            j.fail("vhd.file-size", "error",
+                   f"file size {image.file_size} is not the virtual size {f.current_size} + 512",
+                   evidence=f"file size {image.file_size}, footer.current_size {f.current_size}",
+                   fix=j.convert_fix if grow else
+                   f"{j.convert_fix} (the file holds {image.file_size - want} extra bytes)")
+    else:
+        j.skip("vhd.file-size")
+        if not isinstance(disk, DynamicVhdDisk) or disk.parent is None:
+            j.skip("vhd.parent")
+    qemu_uses_chs = f.creator_app not in QEMU_TRUSTS_CURRENT_SIZE and (
+        f.cylinders, f.heads, f.sectors_per_track) != (65535, 16, 255)
+    if qemu_uses_chs and f.geometry_size != f.current_size:
+        j.fail("vhd.geometry-size", "warning",
+               f"qemu reads {f.geometry_size} bytes from the CHS geometry, Azure and Hyper-V "
+               f"read current_size {f.current_size}",
+               evidence=f"creator '{f.creator_app.decode('latin-1')}', geometry "
+                        f"{f.cylinders}/{f.heads}/{f.sectors_per_track}",
+               fix=j.convert_fix)
+
+
+def _size_rules(j: _Judge, size: int, image: VhdImage | None, os_disk: bool) -> None:
+    rounded = round_up_mib(size)
+    if size % MIB:
+        evidence = f"virtual size {size} bytes = {size / MIB:.4f} MiB"
+        why = ""
+        if image is not None:
+            f = image.footer
+            chs = chs_geometry(size)
+            if f.creator_app == b"qemu" and f.geometry_size == size:
+                why = (" (qemu-img rounded the size to CHS geometry "
+                       f"{f.cylinders}/{f.heads}/{f.sectors_per_track}: it was created without "
+                       "-o force_size=on)")
+                evidence += f", creator 'qemu', geometry {'/'.join(map(str, chs))}"
+        fix = (f"vhdkit convert --in-place {_q(j.path)}"
+               if image is not None and image.disk_type == DiskType.FIXED else j.convert_fix)
+        j.fail("azure.size-mib", "error",
+               f"virtual size {size} is not a whole number of MiB{why}; Azure needs "
+               f"{rounded} ({rounded // MIB} MiB)", evidence=evidence,
+               fix=f"{fix} (rounds up to {rounded} bytes)")
+    if not AZURE_MIN_SIZE <= rounded <= AZURE_MAX_SIZE:
+        j.fail("azure.size-range", "error",
+               f"size {rounded} is outside Azure's range {AZURE_MIN_SIZE} (20 MiB) .. "
+               f"{AZURE_MAX_SIZE} (32 TiB)", evidence=f"virtual size {size}",
+               fix=(f"{j.convert_fix} --size 20M" if rounded < AZURE_MIN_SIZE
+                    else "split the data across several disks"))
+    if os_disk and rounded > OS_DISK_MAX:
+        j.fail("azure.os-disk-size", "error",
+               f"size {rounded} exceeds Azure's OS disk limit of {OS_DISK_MAX} (4095 GiB)",
+               evidence=f"virtual size {size}",
+               fix="shrink the OS partition and the disk with your partitioning tools first")
+    elif os_disk:
+        j.report.findings.append(Finding("azure.os-disk-size", "info",
+                                         "size is within Azure's OS disk limit", passed=True))
+        j.skip("azure.os-disk-size")
+
+
+def check_view(view: AzureView, *, os_disk: bool = False) -> Report:
+    """The rules that apply to the stream vhdkit would send or write for ``view``."""
+    j = _Judge(view.disk.path)
+    if view.virtual_size % MIB:
+        j.fail("azure.size-mib", "error", f"stream size {view.virtual_size} is not whole MiB")
+    _size_rules(j, view.virtual_size, None, os_disk)
+    return j.finish(["azure.size-mib", "azure.size-range"])

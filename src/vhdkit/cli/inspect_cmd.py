@@ -1,0 +1,65 @@
+"""``vhdkit inspect``: what a disk image is, in text or JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ..facts import inspect_path
+from . import main
+from ._common import emit, run
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.2f} {unit})"
+    return f"{n:,} bytes"
+
+
+def render(facts: dict[str, Any]) -> str:
+    lines = [f"{facts['path']}",
+             f"  format:        {facts['format']}"
+             + (f" ({facts['disk_type']})" if facts.get("disk_type") else ""),
+             f"  virtual size:  {_size(facts['virtual_size'])}",
+             f"  file size:     {_size(facts['file_size'])}",
+             f"  data:          {_size(facts['data_bytes'])} may hold data"]
+    f = facts.get("footer")
+    if f:
+        g = f["geometry"]
+        lines += [
+            f"  creator:       '{f['creator_app']}' {f['creator_version']} on '{f['creator_os']}'",
+            f"  geometry:      {g['cylinders']}/{g['heads']}/{g['sectors_per_track']} "
+            f"(C/H/S = {g['size']:,} bytes)",
+            f"  sizes:         current {f['current_size']:,}, original {f['original_size']:,}",
+            f"  timestamp:     {f['timestamp']}",
+            f"  unique id:     {f['unique_id']}",
+        ]
+    d = facts.get("dynamic")
+    if d:
+        lines += [
+            f"  block size:    {_size(d['block_size'])}",
+            f"  BAT entries:   {d['bat_entries_allocated']} allocated of {d['bat_entries_total']}"
+            f" ({_size(d['allocated_bytes'])})",
+        ]
+        p = d.get("parent")
+        if p:
+            lines += [f"  parent:        {p['name']} ({p['unique_id']})",
+                      f"  parent found:  {p['resolved_path']}"]
+            lines += [f"  locator:       {loc['platform']} {loc['path']}" for loc in p["locators"]]
+    for a in facts.get("anomalies", []):
+        lines.append(f"  {a['severity']}: {a['rule']}: {a['field']} at offset {a['offset']}: "
+                     f"{a['message']}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("disk", type=click.Path(dir_okay=True))
+@click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/JSON.md).")
+def inspect(disk: str, parent: str | None, as_json: bool) -> None:
+    """Show what DISK is: format, type, sizes, geometry, allocation, parent."""
+    facts = run(lambda: inspect_path(disk, parent))
+    emit(json.dumps(facts, indent=2) if as_json else render(facts))

@@ -1,0 +1,113 @@
+"""``inspect``: the facts about a disk image, as a stable, JSON-ready dictionary.
+
+The layout is documented in docs/JSON.md; keys are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from typing import Any
+
+from .disk import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
+from .extents import total
+from .vhd.image import VhdImage
+from .vhd.structs import VHD_EPOCH, DiskType, Footer
+
+SCHEMA_VERSION = 1
+
+
+def vhd_time(stamp: int) -> str:
+    """A VHD timestamp (seconds since 2000-01-01 UTC) as ISO 8601."""
+    return dt.datetime.fromtimestamp(VHD_EPOCH + stamp, tz=dt.timezone.utc).isoformat()
+
+
+def text_code(raw: bytes) -> str:
+    return raw.decode("latin-1").replace("\x00", "\\0")
+
+
+def footer_facts(f: Footer) -> dict[str, Any]:
+    return {
+        "creator_app": text_code(f.creator_app),
+        "creator_version": f"{f.creator_version >> 16}.{f.creator_version & 0xFFFF}",
+        "creator_os": text_code(f.creator_os),
+        "features": f.features,
+        "format_version": f"{f.version >> 16}.{f.version & 0xFFFF}",
+        "timestamp": vhd_time(f.timestamp),
+        "original_size": f.original_size,
+        "current_size": f.current_size,
+        "geometry": {
+            "cylinders": f.cylinders,
+            "heads": f.heads,
+            "sectors_per_track": f.sectors_per_track,
+            "size": f.geometry_size,
+        },
+        "unique_id": str(uuid.UUID(bytes=f.unique_id)),
+        "saved_state": bool(f.saved_state),
+    }
+
+
+def _dynamic_facts(disk: DynamicVhdDisk) -> dict[str, Any]:
+    img = disk.image
+    assert img.header is not None and img.bat is not None
+    h = img.header
+    allocated = disk.allocated_blocks()
+    out: dict[str, Any] = {
+        "header_offset": img.header_offset,
+        "table_offset": h.table_offset,
+        "block_size": h.block_size,
+        "bat_entries_total": h.max_table_entries,
+        "bat_entries_allocated": allocated,
+        "allocated_bytes": allocated * h.block_size,
+    }
+    if img.disk_type == DiskType.DIFFERENCING:
+        parent = disk.parent
+        out["parent"] = {
+            "name": h.parent_name_text,
+            "unique_id": str(uuid.UUID(bytes=h.parent_unique_id)),
+            "timestamp": vhd_time(h.parent_timestamp),
+            "locators": [
+                {"platform": loc.platform_code, "path": loc.path, "offset": loc.data_offset,
+                 "length": loc.data_length}
+                for loc in img.locators
+            ],
+            "resolved_path": parent.path if parent is not None else None,
+            "kind": parent.kind if parent is not None else None,
+        }
+    return out
+
+
+def describe(disk: VirtualDisk) -> dict[str, Any]:
+    """Facts about an opened disk."""
+    image: VhdImage | None = getattr(disk, "image", None)
+    fmt = "vhdx" if disk.kind == "vhdx" else ("vhd" if image is not None else "raw")
+    file_size = os.stat(disk.path).st_size
+    out: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "path": disk.path,
+        "format": fmt,
+        "disk_type": disk.kind.removeprefix("vhd-") if fmt == "vhd" else None,
+        "virtual_size": disk.size,
+        "file_size": file_size,
+        "data_bytes": total(disk.extents()),
+    }
+    if image is not None:
+        out["footer"] = footer_facts(image.footer)
+        out["footer"]["offset"] = image.footer_offset
+        out["footer"]["legacy_511_bytes"] = image.legacy_footer
+        if isinstance(disk, DynamicVhdDisk):
+            out["dynamic"] = _dynamic_facts(disk)
+        out["anomalies"] = [
+            {"rule": a.rule, "severity": a.severity, "field": a.error.field,
+             "offset": a.error.offset, "message": a.error.problem}
+            for a in image.anomalies
+        ]
+    return out
+
+
+def inspect_path(path: str, parent: str | None = None) -> dict[str, Any]:
+    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it."""
+    detect_format(path)  # raises the precise error for directories and unreadable files
+    with open_disk(path, parent) as disk:
+        return describe(disk)
