@@ -13,7 +13,7 @@ from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
 
 
 @main.command()
-@click.argument("disk", type=click.Path(dir_okay=True))
+@click.argument("disk", type=click.Path(readable=False))
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
 @click.option("--os-disk", is_flag=True, help="Also apply Azure's OS-disk size limit.")
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")

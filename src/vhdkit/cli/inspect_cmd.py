@@ -56,7 +56,7 @@ def render(facts: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.argument("disk", type=click.Path(dir_okay=True))
+@click.argument("disk", type=click.Path(readable=False))
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/JSON.md).")
 def inspect(disk: str, parent: str | None, as_json: bool) -> None:
