@@ -1,0 +1,77 @@
+"""Extent algebra and the non-zero sector scan, against naive references."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vhdkit.extents import Extent, intersect, merge, nonzero_runs, split, subtract, total
+
+
+def cover(extents: list[Extent]) -> set[int]:
+    return {b for e in extents for b in range(e.start, e.end)}
+
+
+ranges = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), max_size=20).map(
+    lambda xs: [Extent(s, n) for s, n in xs])
+
+
+@given(ranges, st.integers(0, 10))
+def test_merge_covers_the_same_bytes_and_is_disjoint(xs: list[Extent], gap: int) -> None:
+    m = merge(xs, gap)
+    assert cover(xs) <= cover(m)
+    if gap == 0:
+        assert cover(m) == cover(xs)
+    for a, b in zip(m, m[1:], strict=False):
+        assert a.end + gap < b.start
+
+
+@given(ranges, ranges)
+def test_subtract(xs: list[Extent], ys: list[Extent]) -> None:
+    assert cover(subtract(xs, ys)) == cover(xs) - cover(ys)
+
+
+@given(ranges, st.integers(0, 300), st.integers(0, 100))
+def test_intersect(xs: list[Extent], s: int, n: int) -> None:
+    assert cover(intersect(merge(xs), Extent(s, n))) == cover(xs) & set(range(s, s + n))
+
+
+@given(ranges, st.integers(1, 17))
+def test_split(xs: list[Extent], n: int) -> None:
+    parts = list(split(merge(xs), n))
+    assert all(0 < p.length <= n for p in parts)
+    assert cover(parts) == cover(xs)
+    assert total(parts) == total(merge(xs))
+
+
+def naive_runs(buf: bytes, base: int) -> list[Extent]:
+    out: list[Extent] = []
+    for i in range(0, len(buf), 512):
+        if any(buf[i: i + 512]):
+            if out and out[-1].end == base + i:
+                out[-1] = Extent(out[-1].start, out[-1].length + 512)
+            else:
+                out.append(Extent(base + i, 512))
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 63), st.integers(0, 511), st.integers(1, 255)),
+                max_size=12), st.integers(0, 1 << 40))
+def test_nonzero_runs_matches_naive_scan(pokes: list[tuple[int, int, int]], base: int) -> None:
+    buf = bytearray(64 * 512)
+    for sector, byte, value in pokes:
+        buf[sector * 512 + byte] = value
+    base -= base % 512
+    assert nonzero_runs(bytes(buf), base) == naive_runs(bytes(buf), base)
+
+
+def test_nonzero_runs_edges() -> None:
+    assert nonzero_runs(b"") == []
+    assert nonzero_runs(bytes(4096)) == []
+    full = np.full(4096, 7, dtype=np.uint8).tobytes()
+    assert nonzero_runs(full, 512) == [Extent(512, 4096)]
+    last_byte = bytearray(1024)
+    last_byte[-1] = 1
+    assert nonzero_runs(bytes(last_byte)) == [Extent(512, 512)]

@@ -1,0 +1,130 @@
+"""Random and mutated footers, headers and BATs: only vhdkit's own errors come out, quickly, and
+memory stays bounded (no allocation sized by an unchecked field)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixtures.vhdbuild import KIB, build_dynamic, build_fixed
+from vhdkit.disk import open_disk
+from vhdkit.errors import VhdkitError
+from vhdkit.vhd.structs import FOOTER_SIZE, HEADER_SIZE, DynamicHeader, Footer
+
+WORK = Path(tempfile.mkdtemp(prefix="vhdkit-fuzz-"))
+DYN = build_dynamic(WORK / "base-dyn.vhd", 64 * KIB + 512, 4 * KIB,
+                    {0: (None, b"\x01" * 4096), 3: (b"\xa5", b"\x02" * 4096),
+                     16: (None, b"\x03" * 512)}).read_bytes()
+DIFF_PARENT = build_dynamic(WORK / "parent.vhd", 64 * KIB + 512, 4 * KIB, {1: (None, b"\x09")})
+DIFF = build_dynamic(WORK / "base-diff.vhd", 64 * KIB + 512, 4 * KIB, {2: (b"\x40", b"\x05")},
+                     parent=DIFF_PARENT).read_bytes()
+FIXED = build_fixed(WORK / "base-fixed.vhd", 32 * KIB, writes={0: b"\x07" * 512}).read_bytes()
+BASES = [DYN, DIFF, FIXED]
+
+FOOTER_FIELDS = {
+    "data_offset": st.one_of(st.integers(0, 1 << 64 - 1), st.sampled_from([0, 512, 1 << 63])),
+    "current_size": st.integers(0, (1 << 64) - 1),
+    "disk_type": st.integers(0, (1 << 32) - 1),
+    "features": st.integers(0, (1 << 32) - 1),
+    "version": st.integers(0, (1 << 32) - 1),
+}
+HEADER_FIELDS = {
+    "table_offset": st.integers(0, (1 << 64) - 1),
+    "max_table_entries": st.integers(0, (1 << 32) - 1),
+    "block_size": st.one_of(st.integers(0, (1 << 32) - 1),
+                            st.sampled_from([1 << k for k in range(0, 32)])),
+    "header_version": st.integers(0, (1 << 32) - 1),
+}
+
+
+def exercise(data: bytes, name: str) -> None:
+    path = WORK / name
+    path.write_bytes(data)
+    for strict in (True, False):
+        try:
+            with open_disk(path, strict=strict) as disk:
+                ext = disk.extents()
+                disk.read_at(0, 64 * KIB)
+                for e in ext[:4]:
+                    disk.read_at(e.start, min(e.length, 64 * KIB))
+                disk.read_at(max(0, disk.size - 4096), 8192)
+        except VhdkitError:
+            pass
+
+
+def refresh_checksums(buf: bytearray, fix: bool) -> None:
+    if not fix:
+        return
+    tail = len(buf) - FOOTER_SIZE
+    for off in (0, tail):
+        if buf[off: off + 8] == b"conectix" and off >= 0:
+            f = Footer.parse(bytes(buf[off: off + FOOTER_SIZE])).with_checksum()
+            buf[off: off + FOOTER_SIZE] = f.build()
+    if buf[512:520] == b"cxsparse" and len(buf) >= 512 + HEADER_SIZE:
+        h = DynamicHeader.parse(bytes(buf[512: 512 + HEADER_SIZE])).with_checksum()
+        buf[512: 512 + HEADER_SIZE] = h.build()
+
+
+byte_mutations = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)),
+                          min_size=1, max_size=8)
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 2), byte_mutations, st.booleans(), st.sampled_from(["head", "tail", "any"]))
+def test_mutated_bytes(which: int, muts: list[tuple[int, int]], fix: bool, where: str) -> None:
+    buf = bytearray(BASES[which])
+    for off, val in muts:
+        if where == "head":
+            off %= min(len(buf), 2048 + 512)
+        elif where == "tail":
+            off = len(buf) - 1 - off % FOOTER_SIZE
+        else:
+            off %= len(buf)
+        buf[off] = val
+    refresh_checksums(buf, fix)
+    exercise(bytes(buf), "mut.vhd")
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, 1), st.fixed_dictionaries({}, optional=FOOTER_FIELDS),
+       st.fixed_dictionaries({}, optional=HEADER_FIELDS),
+       st.lists(st.tuples(st.integers(0, 20), st.integers(0, (1 << 32) - 1)), max_size=4))
+def test_mutated_fields(which: int, footer: dict[str, int], header: dict[str, int],
+                        bat: list[tuple[int, int]]) -> None:
+    buf = bytearray(BASES[which])
+    tail = len(buf) - FOOTER_SIZE
+    for off in (0, tail):
+        f = dataclasses.replace(Footer.parse(bytes(buf[off: off + FOOTER_SIZE])), **footer)
+        buf[off: off + FOOTER_SIZE] = f.with_checksum().build()
+    h = DynamicHeader.parse(bytes(buf[512: 512 + HEADER_SIZE]))
+    for idx, value in bat:
+        pos = h.table_offset + 4 * idx
+        if pos + 4 <= tail:
+            buf[pos: pos + 4] = value.to_bytes(4, "big")
+    h = dataclasses.replace(h, **header).with_checksum()
+    buf[512: 512 + HEADER_SIZE] = h.build()
+    exercise(bytes(buf), "fields.vhd")
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(min_size=0, max_size=4096),
+       st.sampled_from([b"", b"conectix", b"vhdxfile", b"cxsparse"]),
+       st.sampled_from(["x.vhd", "x.img", "x.vhdx"]))
+def test_random_files(blob: bytes, magic: bytes, name: str) -> None:
+    data = magic + blob
+    if len(data) >= FOOTER_SIZE and magic == b"conectix":
+        data = data + data[:FOOTER_SIZE]  # a footer-looking tail too
+    exercise(data, name)
+
+
+def test_memory_stayed_bounded() -> None:
+    # runs after the property tests in this module (pytest keeps file order)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB"
+    assert os.path.isdir(WORK)
