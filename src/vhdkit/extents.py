@@ -92,11 +92,11 @@ def nonzero_runs(buf: bytes | bytearray | memoryview, base: int = 0) -> list[Ext
     if n == 0:
         return []
     words = np.frombuffer(buf, dtype=np.uint64).reshape(-1, SECTOR // 8)
-    # any() over uint64 rows is a fast OR-reduction; a single all-zero check first makes the
-    # common empty-chunk case one pass with no allocation of the per-sector mask.
-    if not words.any():
+    # A bitwise-OR reduction per sector runs at memory bandwidth (any(axis=1) is ~2x slower:
+    # it converts to booleans first); run edges then come from one diff over the flags.
+    flags = np.bitwise_or.reduce(words, axis=1) != 0
+    if not flags.any():
         return []
-    flags = words.any(axis=1)
     edges = np.flatnonzero(np.diff(flags.view(np.int8), prepend=0, append=0))
     starts = edges[0::2]
     ends = edges[1::2]
