@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import vhdkit
-
 from fixtures.vhdbuild import KIB, MIB, build_dynamic, flatten
+
+from cli_helpers import vhdkit
 from vhdkit.disk import open_disk
 from vhdkit.errors import ParentNotFound
 from vhdkit.extents import nonzero_runs, subtract
@@ -91,7 +91,7 @@ def test_parent_found_through_relative_locator_after_moving(
 
 
 def test_missing_parent_is_a_clear_error(chain: tuple[Path, Path, Path]) -> None:
-    base, mid, top = chain
+    _, mid, top = chain
     os.remove(mid)
     with pytest.raises(ParentNotFound, match="parent disk not found"):
         open_disk(top)
@@ -102,18 +102,17 @@ def test_missing_parent_is_a_clear_error(chain: tuple[Path, Path, Path]) -> None
 
 
 def test_wrong_parent_id_is_a_clear_error(chain: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    base, mid, top = chain
+    _, mid, _ = chain
     impostor = build_dynamic(tmp_path / "impostor.vhd", SIZE, BS, BASE)
-    with pytest.raises(ParentNotFound, match="unique id .* the child expects"):
+    with pytest.raises(ParentNotFound, match=r"unique id .* the child expects"):
         open_disk(mid, parent=impostor)
-    code, _, err = vhdkit("check", "--json", "--parent", str(impostor), str(mid))
+    code, out, _ = vhdkit("check", "--json", "--parent", str(impostor), str(mid))
     assert code == 1  # check reports it as a finding
-    code, out, _ = vhdkit("check", "--json", str(mid))
-    assert '"vhd.parent"' in out
+    assert '"id": "vhd.parent"' in out and "the child expects" in out
 
 
 def test_explicit_parent(chain: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    base, mid, top = chain
+    base, mid, _ = chain
     elsewhere = tmp_path / "elsewhere.vhd"
     shutil.move(str(base), elsewhere)
     with open_disk(mid, parent=elsewhere) as disk:

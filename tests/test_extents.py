@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ def test_merge_covers_the_same_bytes_and_is_disjoint(xs: list[Extent], gap: int)
     assert cover(xs) <= cover(m)
     if gap == 0:
         assert cover(m) == cover(xs)
-    for a, b in zip(m, m[1:], strict=False):
+    for a, b in itertools.pairwise(m):
         assert a.end + gap < b.start
 
 
