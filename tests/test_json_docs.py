@@ -1,0 +1,49 @@
+"""The inspect JSON is exactly what docs/JSON.md documents."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from cli_helpers import vhdkit
+
+from fixtures.vhdbuild import KIB, MIB, build_dynamic
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "JSON.md"
+
+
+def keys(doc: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in doc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= keys(v, f"{name}.")
+        else:
+            out.add(name)
+    return out
+
+
+def documented(section: str) -> set[str]:
+    text = DOC.read_text().split(f"## `vhdkit {section}")[1].split("\n## ")[0]
+    return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", text, flags=re.M))
+
+
+def test_inspect_json_keys_are_documented(tmp_path: Path) -> None:
+    base = build_dynamic(tmp_path / "base.vhd", 4 * MIB, 512 * KIB, {0: (None, b"x")})
+    child = build_dynamic(tmp_path / "child.vhd", 4 * MIB, 512 * KIB, {1: (None, b"y")},
+                          parent=base)
+    code, out, _ = vhdkit("inspect", "--json", str(child))
+    assert code == 0
+    assert keys(json.loads(out)) == documented("inspect")
+
+
+def test_check_json_keys_are_documented(tmp_path: Path) -> None:
+    img = build_dynamic(tmp_path / "d.vhd", 4 * MIB, 512 * KIB, {0: (None, b"x")})
+    _, out, _ = vhdkit("check", "--json", str(img))
+    doc = json.loads(out)
+    assert set(doc) == {k.split(".")[0] for k in documented("check")}
+    assert set(doc["facts"]) == {"format", "kind", "virtual_size", "file_size", "azure_size"}
+    assert set(doc["findings"][0]) == {"id", "severity", "message", "evidence", "fix", "passed",
+                                       "applicable"}
