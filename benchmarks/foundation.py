@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from fixtures.vhdbuild import MIB, build_dynamic, build_fixed
 
+from fixtures.vhdbuild import MIB, build_dynamic, build_fixed
 from vhdkit.check import check_path
 from vhdkit.disk import open_disk
 from vhdkit.extents import nonzero_runs

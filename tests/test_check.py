@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from cli_helpers import vhdkit
 
+from cli_helpers import vhdkit
 from fixtures import qemu
 from vhdkit.azure_view import fixed_footer
 from vhdkit.check import RULES, check_path

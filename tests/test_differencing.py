@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures.vhdbuild import KIB, MIB, build_dynamic, flatten
 
 from cli_helpers import vhdkit
+from fixtures.vhdbuild import KIB, MIB, build_dynamic, flatten
 from vhdkit.disk import open_disk
 from vhdkit.errors import ParentNotFound
 from vhdkit.extents import nonzero_runs, subtract

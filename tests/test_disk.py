@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 from cli_helpers import vhdkit
-
 from fixtures.vhdbuild import MIB, build_fixed
 from vhdkit.disk import open_disk
 from vhdkit.extents import Extent, total

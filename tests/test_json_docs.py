@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import vhdkit
-
 from fixtures.vhdbuild import KIB, MIB, build_dynamic
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "JSON.md"

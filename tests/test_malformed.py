@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import vhdkit
 
+from cli_helpers import vhdkit
 from fixtures import mutate, qemu
 from vhdkit.disk import open_disk
 from vhdkit.errors import FormatError
