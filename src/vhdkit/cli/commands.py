@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-from . import check_cmd, inspect_cmd  # noqa: F401
+from . import (  # noqa: F401
+    check_cmd,
+    inspect_cmd,
+    preflight_cmd,
+)

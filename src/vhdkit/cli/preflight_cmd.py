@@ -1,0 +1,46 @@
+"""``vhdkit preflight``: is the OS inside the disk ready to be provisioned by Azure?"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..disk import open_disk
+from ..preflight import preflight as run_preflight
+from ..report import Report, render_json, render_junit, render_text
+from . import main
+from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
+
+
+@main.command()
+@click.argument("disk", type=click.Path(dir_okay=False))
+@click.option("--expect", type=click.Choice(["generalized", "specialized"]),
+              default="generalized", show_default=True,
+              help="generalized: an image for many VMs; specialized: one VM's own disk.")
+@click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False, writable=True),
+              help="Write a JUnit XML file: one test case per rule, errors as failures.")
+@click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
+def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: str | None,
+              verbose: bool) -> None:
+    """Read DISK offline and check the OS is generalized and Azure-ready.
+
+    Exit 0 ready, 1 not ready, 2 unreadable.
+    """
+    def body() -> Report:
+        with open_disk(disk, parent) as d:
+            return run_preflight(d, expect)
+
+    report = run(body)
+    if junit:
+        xml = render_junit(report, suite="vhdkit.preflight")
+        run(lambda: _write(junit, xml))
+    emit(render_json(report) if as_json else render_text(report, verbose=verbose))
+    sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
