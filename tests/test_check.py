@@ -114,3 +114,29 @@ def test_library_report(images: dict[str, Path]) -> None:
     report = check_path(images["fixed-force"])
     assert report.ready
     assert report.facts["virtual_size"] == 100 * MIB
+
+
+def test_check_with_preflight_adds_os_findings(tmp_path: Path) -> None:
+    from fixtures import linux_disks
+
+    raw = linux_disks.build("host-keys", tmp_path)
+    vhd = qemu.convert(raw, "raw", tmp_path / "host-keys.vhd", "vpc", "subformat=dynamic")
+    code, out, _ = vhdkit("check", "--json", "--preflight", str(vhd))
+    assert code == 1
+    found = ids(out)
+    assert "vhd.type" in found  # the format finding
+    assert "linux.deprovision.ssh-host-keys" in found  # the OS finding
+    code, out, _ = vhdkit("check", "--json", str(vhd))
+    assert not any(i.startswith("linux.") for i in ids(out))
+
+
+def test_check_with_preflight_on_a_damaged_image_reports_instead_of_failing(
+        images: dict[str, Path], tmp_path: Path) -> None:
+    from fixtures import mutate
+
+    bad = tmp_path / "bad.vhd"
+    bad.write_bytes(images["dynamic"].read_bytes())
+    mutate.set_header(bad, block_size=3 * MIB)
+    code, out, _ = vhdkit("check", "--json", "--preflight", str(bad))
+    assert code == 1
+    assert {"vhd.header", "preflight.unreadable"} <= set(ids(out))

@@ -296,4 +296,3 @@ def test_metadata_only_on_a_mostly_empty_2gib_disk(linux_dir: Path) -> None:
     print(f"\npreflight 2 GiB: {disk.bytes_read / MiB:.2f} MiB read in {disk.reads} reads, "
           f"{elapsed * 1000:.0f} ms")
     assert disk.bytes_read < 64 * MiB
-    assert elapsed < 5

@@ -41,3 +41,11 @@ def run(fn: Callable[[], T]) -> T:
 
 def emit(text: str) -> None:
     click.echo(redact(text))
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a report file (JUnit, JSON) for CI; errors become exit 2 through ``run``."""
+    def body() -> None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    run(body)

@@ -7,9 +7,11 @@ import sys
 import click
 
 from ..check import check_path
-from ..report import render_json, render_junit, render_text
+from ..errors import VhdkitError
+from ..preflight.engine import EXPECTATIONS, preflight_path
+from ..report import Finding, Report, render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
+from ._common import EXIT_NOT_READY, EXIT_OK, emit, run, write_text
 
 
 @main.command()
@@ -19,18 +21,28 @@ from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True),
               help="Write a JUnit XML file: one test case per rule, errors as failures.")
+@click.option("--preflight", "with_preflight", is_flag=True,
+              help="Also inspect the OS inside (as `vhdkit preflight`).")
+@click.option("--expect", type=click.Choice(EXPECTATIONS), default="generalized",
+              show_default=True, help="With --preflight: the OS state the image should be in.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
 def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: str | None,
-          verbose: bool) -> None:
+          with_preflight: bool, expect: str, verbose: bool) -> None:
     """Judge whether DISK can be uploaded to Azure as is. Exit 0 ready, 1 not, 2 unreadable."""
-    report = run(lambda: check_path(disk, os_disk=os_disk, parent=parent))
+    def body() -> Report:
+        report = check_path(disk, os_disk=os_disk, parent=parent)
+        if with_preflight:
+            try:
+                report.extend(preflight_path(disk, parent, expect).findings)
+            except VhdkitError as exc:  # the format findings already say what is wrong
+                report.extend([Finding("preflight.unreadable", "error",
+                                       f"cannot inspect the OS inside: {exc}")])
+        return report
+
+    report = run(body)
     if junit:
         xml = render_junit(report, suite="vhdkit.check")
-        run(lambda: _write(junit, xml))
+        write_text(junit, xml)
     emit(render_json(report) if as_json else render_text(report, verbose=verbose))
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
 
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)

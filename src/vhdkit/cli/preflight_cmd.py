@@ -6,11 +6,10 @@ import sys
 
 import click
 
-from ..disk import open_disk
-from ..preflight import preflight as run_preflight
-from ..report import Report, render_json, render_junit, render_text
+from ..preflight.engine import preflight_path
+from ..report import render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
+from ._common import EXIT_NOT_READY, EXIT_OK, emit, run, write_text
 
 
 @main.command()
@@ -29,18 +28,10 @@ def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: 
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
-    def body() -> Report:
-        with open_disk(disk, parent) as d:
-            return run_preflight(d, expect)
-
-    report = run(body)
+    report = run(lambda: preflight_path(disk, parent, expect))
     if junit:
         xml = render_junit(report, suite="vhdkit.preflight")
-        run(lambda: _write(junit, xml))
+        write_text(junit, xml)
     emit(render_json(report) if as_json else render_text(report, verbose=verbose))
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
 
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)

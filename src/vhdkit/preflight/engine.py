@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..disk import VirtualDisk
+from ..disk import VirtualDisk, open_disk
 from ..errors import PreflightError, UsageError
 from ..report import Finding, Report
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
@@ -24,6 +24,12 @@ class Opened:
     volume: Volume
     probe: Probe
     fs: Filesystem | None
+
+
+def preflight_path(path: str, parent: str | None = None, expect: str = "generalized") -> Report:
+    """Open the image at ``path`` (any format vhdkit reads) and run :func:`preflight` on it."""
+    with open_disk(path, parent) as disk:
+        return preflight(disk, expect)
 
 
 def preflight(disk: VirtualDisk, expect: str = "generalized") -> Report:
