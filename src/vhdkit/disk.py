@@ -59,6 +59,16 @@ class VirtualDisk(abc.ABC):
             return b""
         return self._read(offset, end - offset)
 
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` (zeros past the end).
+
+        For streaming callers (convert, upload) that reuse one buffer: readers that override it
+        read straight into ``buf``, without allocating and copying per request.
+        """
+        data = self.read_at(offset, len(buf))
+        buf[: len(data)] = data
+        _zero(buf[len(data) :])
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files held by the view."""
 
@@ -72,6 +82,30 @@ class VirtualDisk(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _zero(buf: memoryview) -> None:
+    if len(buf):
+        np.frombuffer(buf, dtype=np.uint8).fill(0)
+
+
+_HAVE_PREADV = hasattr(os, "preadv")
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> None:
+    """Fill ``buf`` from the file at ``offset``; bytes past the end of the file read as zeros."""
+    done = 0
+    while done < len(buf):
+        if _HAVE_PREADV:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+        else:  # e.g. older macOS: one extra copy
+            data = os.pread(fd, len(buf) - done, offset + done)
+            n = len(data)
+            buf[done : done + n] = data
+        if n <= 0:
+            _zero(buf[done:])
+            return
+        done += n
 
 
 MAX_PARENT_DEPTH = 32
@@ -126,6 +160,12 @@ class RawDisk(VirtualDisk):
         if len(data) < length:
             data += bytes(length - len(data))
         return data
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        n = max(0, min(len(buf), self._data_len - offset))
+        if n:
+            _pread_into(self._fd, buf[:n], offset)
+        _zero(buf[n:])
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -207,34 +247,39 @@ class DynamicVhdDisk(VirtualDisk):
 
     def _read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
-        end = offset + length
+        self.read_into(offset, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        length = len(buf)
+        limit = max(0, min(length, self.size - offset))
+        _zero(buf[limit:])
+        end = offset + limit
         pos = offset
         while pos < end:
             block = pos // self._bs
             bstart = block * self._bs
             hi = min(end, bstart + self._bs)
-            runs = self._present(block)
             cursor = pos  # next byte not yet filled from the child
-            for s, e in runs:
+            for s, e in self._present(block):
                 rs, re = max(pos, bstart + s * SECTOR), min(hi, bstart + e * SECTOR)
                 if rs >= re:
                     continue
                 if cursor < rs:
-                    self._fill_parent(out, offset, cursor, rs)
+                    self._fill_parent(buf, offset, cursor, rs)
                 src = int(self._bat[block]) * SECTOR + self._bitmap_size + (rs - bstart)
-                data = os.pread(self.image.fd, re - rs, src)
-                out[rs - offset : rs - offset + len(data)] = data
+                _pread_into(self.image.fd, buf[rs - offset : re - offset], src)
                 cursor = re
             if cursor < hi:
-                self._fill_parent(out, offset, cursor, hi)
+                self._fill_parent(buf, offset, cursor, hi)
             pos = hi
-        return bytes(out)
 
-    def _fill_parent(self, out: bytearray, base: int, start: int, end: int) -> None:
+    def _fill_parent(self, buf: memoryview, base: int, start: int, end: int) -> None:
+        part = buf[start - base : end - base]
         if self.parent is None:
-            return  # absent sectors of a dynamic disk read as zeros
-        data = self.parent.read_at(start, end - start)
-        out[start - base : start - base + len(data)] = data
+            _zero(part)  # absent sectors of a dynamic disk read as zeros
+        else:
+            self.parent.read_into(start, part)
 
     def close(self) -> None:
         self.image.close()

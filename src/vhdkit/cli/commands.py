@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401
     check_cmd,
+    convert_cmd,
     inspect_cmd,
     preflight_cmd,
 )

@@ -155,6 +155,26 @@ def _trunc(value: bytes) -> str:
     return repr(value[:16])
 
 
+def _envelope_problems(
+    name: str, offsets: dict[str, int], base: int, raw: bytes, want_cookie: bytes, cookie: bytes,
+    checksum: int, version: tuple[str, int],
+) -> list[FormatError]:
+    """Cookie, checksum and version: the checks footer and dynamic header share."""
+    out: list[FormatError] = []
+
+    def bad(field: str, problem: str) -> None:
+        out.append(FormatError(f"{name}.{field}", base + offsets[field], problem))
+
+    if cookie != want_cookie:
+        bad("cookie", f"expected {want_cookie!r}, found {_trunc(cookie)}")
+    want = vhd_checksum(raw, offsets["checksum"])
+    if checksum != want:
+        bad("checksum", f"stored 0x{checksum:08x}, computed 0x{want:08x}")
+    if version[1] != VERSION_1_0:
+        bad(version[0], f"expected 0x00010000, found 0x{version[1]:08x}")
+    return out
+
+
 @dataclass(frozen=True)
 class Footer:
     """The 512-byte hard disk footer (copied at offset 0 for dynamic and differencing disks)."""
@@ -207,18 +227,12 @@ class Footer:
 
     def problems(self, raw: bytes, base: int) -> list[FormatError]:
         """Everything wrong with this footer, as errors naming field and absolute offset."""
-        out: list[FormatError] = []
+        out = _envelope_problems("footer", FOOTER_OFFSETS, base, raw, FOOTER_COOKIE, self.cookie,
+                                 self.checksum, ("version", self.version))
 
         def bad(name: str, problem: str) -> None:
             out.append(FormatError(f"footer.{name}", base + FOOTER_OFFSETS[name], problem))
 
-        if self.cookie != FOOTER_COOKIE:
-            bad("cookie", f"expected b'conectix', found {_trunc(self.cookie)}")
-        want = vhd_checksum(raw, FOOTER_CHECKSUM_OFFSET)
-        if self.checksum != want:
-            bad("checksum", f"stored 0x{self.checksum:08x}, computed 0x{want:08x}")
-        if self.version != VERSION_1_0:
-            bad("version", f"expected 0x00010000, found 0x{self.version:08x}")
         if self.disk_type not in VALID_DISK_TYPES:
             bad("disk_type", f"type {self.disk_type} is reserved (expected 2, 3 or 4)")
         if self.current_size % SECTOR:
@@ -286,21 +300,12 @@ class DynamicHeader:
         return (nbytes + SECTOR - 1) // SECTOR * SECTOR
 
     def problems(self, raw: bytes, base: int) -> list[FormatError]:
-        out: list[FormatError] = []
-
-        def bad(name: str, problem: str) -> None:
-            out.append(FormatError(f"header.{name}", base + HEADER_OFFSETS[name], problem))
-
-        if self.cookie != HEADER_COOKIE:
-            bad("cookie", f"expected b'cxsparse', found {_trunc(self.cookie)}")
-        want = vhd_checksum(raw, HEADER_CHECKSUM_OFFSET)
-        if self.checksum != want:
-            bad("checksum", f"stored 0x{self.checksum:08x}, computed 0x{want:08x}")
-        if self.header_version != VERSION_1_0:
-            bad("header_version", f"expected 0x00010000, found 0x{self.header_version:08x}")
+        out = _envelope_problems("header", HEADER_OFFSETS, base, raw, HEADER_COOKIE, self.cookie,
+                                 self.checksum, ("header_version", self.header_version))
         bs = self.block_size
         if bs < SECTOR or bs & (bs - 1):
-            bad("block_size", f"{bs} is not a power of two of at least 512")
+            out.append(FormatError("header.block_size", base + HEADER_OFFSETS["block_size"],
+                                   f"{bs} is not a power of two of at least 512"))
         return out
 
 

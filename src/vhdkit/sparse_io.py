@@ -1,0 +1,183 @@
+"""Streaming I/O for writers of sparse images: read a disk's extents in bounded chunks on a
+read-ahead thread, find the non-zero sector runs, write them, and push written pages to disk
+behind the writer. Used by ``convert``; nothing here knows about VHD."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from .disk import VirtualDisk
+from .extents import SECTOR, Extent, nonzero_runs, split
+
+MIB = 1024 * 1024
+#: Bytes read per request. Large enough to amortise Python overhead, small enough for low RSS.
+CHUNK = 8 * MIB
+
+
+class SparseDigest:
+    """SHA-256 of a disk's non-zero sectors with their offsets, independent of how the data was
+    chunked: contiguous runs hash the same whether they arrive in one piece or many."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._end = -1
+
+    def update(self, offset: int, data: bytes | memoryview) -> None:
+        if offset != self._end:
+            self._h.update(b"@" + offset.to_bytes(8, "big"))
+        self._h.update(data)
+        self._end = offset + len(data)
+
+    def hexdigest(self, size: int) -> str:
+        h = self._h.copy()
+        h.update(b"#" + size.to_bytes(8, "big"))
+        return h.hexdigest()
+
+
+#: Buffers read ahead by the reader thread while the caller scans and writes the current one.
+PREFETCH = 2
+
+
+def scan(disk: VirtualDisk, extents: list[Extent], chunk: int = CHUNK,
+         progress: Callable[[int], None] | None = None, prefetch: int = PREFETCH,
+         ) -> Iterator[tuple[Extent, memoryview]]:
+    """Yield ``(run, view)`` for every non-zero sector run of ``extents``, read ``chunk`` bytes at
+    a time. ``view`` is a memoryview valid until the next item.
+
+    A reader thread fills up to ``prefetch`` buffers ahead (reads release the GIL, so reading
+    overlaps the caller's scanning and writing); memory stays at ``(prefetch + 1) * chunk``.
+    """
+    if prefetch <= 0:
+        whole = memoryview(bytearray(chunk))
+        for piece in split(extents, chunk):
+            yield from _runs(disk, piece, whole, progress, read=True)
+        return
+    free: queue.Queue[memoryview] = queue.Queue()
+    for _ in range(prefetch + 1):
+        free.put(memoryview(bytearray(chunk)))
+    ready: queue.Queue[tuple[Extent, memoryview] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for piece in split(extents, chunk):
+                buf = free.get()
+                if stop.is_set():
+                    return
+                # zeros past the disk's end: sector padding of an odd-sized raw image
+                disk.read_into(piece.start, buf[: piece.length])
+                ready.put((piece, buf))
+            ready.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(exc)
+
+    thread = threading.Thread(target=reader, name="vhdkit-read", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            piece, buf = item
+            yield from _runs(disk, piece, buf, progress, read=False)
+            free.put(buf)
+    finally:
+        stop.set()
+        free.put(memoryview(bytearray(0)))  # wake the reader if it waits for a buffer
+        thread.join()
+
+
+def _runs(disk: VirtualDisk, piece: Extent, buf: memoryview,
+          progress: Callable[[int], None] | None, read: bool,
+          ) -> Iterator[tuple[Extent, memoryview]]:
+    mv = buf[: piece.length]
+    if read:
+        disk.read_into(piece.start, mv)
+    for run in nonzero_runs(mv, piece.start):
+        yield run, mv[run.start - piece.start : run.end - piece.start]
+    if progress is not None:
+        progress(piece.length)
+
+
+#: Start writeback after this many bytes were written (0: only the final fsync writes back).
+FLUSH_BEHIND = 32 * MIB
+
+
+class Flusher:
+    """Writes dirty pages back behind the writer, on a helper thread, so that disk I/O overlaps
+    reading and the final fsync has little left to wait for. On Linux POSIX_FADV_DONTNEED starts
+    writeback of the range (and drops its clean pages: the output is not read again)."""
+
+    def __init__(self, fd: int, step: int = FLUSH_BEHIND) -> None:
+        self.fd, self.step = fd, step
+        self.done = self.high = 0
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        if step > 0 and hasattr(os, "posix_fadvise"):
+            self.thread = threading.Thread(target=self._run, name="vhdkit-flush", daemon=True)
+            self.thread.start()
+
+    def wrote(self, end: int) -> None:
+        """Data up to offset ``end`` has been written (writes come in ascending order)."""
+        self.high = max(self.high, end)
+        if self.thread is not None and self.high - self.done >= self.step:
+            self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            lo, hi = self.done, self.high
+            if hi > lo:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self.fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
+                self.done = hi
+            if self.stopping:
+                return
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.stopping = True
+            self.wake.set()
+            self.thread.join()
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sector_extents(extents: list[Extent], limit: int) -> list[Extent]:
+    """Extents widened to whole sectors (an odd-sized raw image ends mid-sector), within limit."""
+    out = []
+    for e in extents:
+        s = e.start // SECTOR * SECTOR
+        t = min(limit, -(-e.end // SECTOR) * SECTOR)
+        if s < t:
+            out.append(Extent(s, t - s))
+    return out
+
+
+def data_digest(disk: VirtualDisk, chunk: int = CHUNK,
+                progress: Callable[[int], None] | None = None, size: int | None = None) -> str:
+    """The :class:`SparseDigest` of a disk's virtual data, as a disk of ``size`` bytes (default:
+    its own size; zeros beyond it)."""
+    d = SparseDigest()
+    for run, data in scan(disk, sector_extents(disk.extents(), -(-disk.size // MIB) * MIB),
+                          chunk, progress):
+        d.update(run.start, data)
+    return d.hexdigest(disk.size if size is None else size)
