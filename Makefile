@@ -27,7 +27,7 @@ lint: $(PIP_STAMP)
 	$(BIN)/mypy
 
 demo: setup
-	$(RUN) bash scripts/demo.sh
+	$(RUN) bash scripts/with-azurite.sh bash scripts/demo.sh
 
 bench: setup
 	$(RUN) bash scripts/with-azurite.sh $(BIN)/python benchmarks/run_all.py

@@ -7,4 +7,5 @@ from . import (  # noqa: F401
     convert_cmd,
     inspect_cmd,
     preflight_cmd,
+    upload_cmd,
 )
