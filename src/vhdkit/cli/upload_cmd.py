@@ -128,12 +128,15 @@ def _quiet_sdk_logs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
 @click.option("--skip-preflight", is_flag=True, help="Upload even if the readiness checks fail.")
+@click.option("--expect", type=click.Choice(["generalized", "specialized"]),
+              default="generalized", show_default=True,
+              help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
 def upload_command(disk: str, sas_url: str | None, parent: str | None, account_url: str | None,
                    account_key: str | None, connection_string: str | None, emulator: str | None,
                    container: str | None, blob: str | None, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    resume: bool, md5: bool, verify: bool, as_json: bool, quiet: bool,
-                   skip_preflight: bool) -> None:
+                   skip_preflight: bool, expect: str) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
     The destination is a SAS_URL (a blob or a managed disk from `az disk grant-access`), or
@@ -170,7 +173,7 @@ def upload_command(disk: str, sas_url: str | None, parent: str | None, account_u
                 if not quiet:
                     click.echo(f"vhdkit: notice: virtual size {vdisk.size} rounded up to "
                                f"{view.virtual_size} (whole MiB)", err=True)
-            _gate(view, skip_preflight, quiet)
+            _gate(view, skip_preflight, expect)
             dest = PageBlob(target, concurrency) if forms else None
             bar = _Bar(view.stream_size, enabled=not quiet)
             try:
@@ -184,19 +187,17 @@ def upload_command(disk: str, sas_url: str | None, parent: str | None, account_u
     emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result, disk))
 
 
-def _gate(view: AzureView, skip: bool, quiet: bool) -> None:
-    """The Azure readiness rules of ``vhdkit check`` on the stream; pre-flight hooks in here."""
-    from ..check import check_view
+def _gate(view: AzureView, skip: bool, expect: str) -> None:
+    """The rules of ``vhdkit check`` on the stream plus pre-flight of the OS inside."""
+    from ..gate import upload_gate
     from ..report import render_text
 
-    report = check_view(view)
-    # TODO(preflight): once vhdkit.preflight offers one entry point, extend ``report`` with it.
-    if report.ready:
-        return
-    if skip:
-        if not quiet:
-            click.echo("vhdkit: warning: --skip-preflight: uploading although "
-                       f"{len(report.errors)} readiness check(s) failed", err=True)
+    report = upload_gate(view, expect=expect, run_preflight=not skip)
+    if skip:  # shown even with --quiet: a safety check was bypassed
+        click.echo("vhdkit: warning: --skip-preflight: the OS inside was not checked"
+                   + (f" and {len(report.errors)} readiness check(s) failed"
+                      if report.errors else ""), err=True)
+    if report.ready or skip:
         return
     click.echo(render_text(report), err=True)
     click.echo("vhdkit: upload refused (fix the disk, or --skip-preflight)", err=True)

@@ -1,0 +1,24 @@
+"""The readiness gate in front of an upload: the format rules on the Azure view, then pre-flight
+of the OS inside, as one report."""
+
+from __future__ import annotations
+
+from .azure_view import AzureView
+from .check import check_view
+from .errors import VhdkitError
+from .preflight.engine import preflight
+from .report import Finding, Report
+
+
+def upload_gate(view: AzureView, *, expect: str = "generalized",
+                run_preflight: bool = True) -> Report:
+    """What ``vhdkit upload`` checks before it sends a byte."""
+    report = check_view(view)
+    if run_preflight:
+        try:
+            report.extend(preflight(view.disk, expect).findings)
+        except VhdkitError as exc:
+            report.extend([Finding("preflight.unreadable", "error",
+                                   f"cannot inspect the OS inside: {exc}",
+                                   fix="fix the disk, or upload with --skip-preflight")])
+    return report

@@ -1,0 +1,58 @@
+"""`vhdkit upload` runs the readiness gate first: format rules and pre-flight of the OS inside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import ContainerClient
+
+from cli_helpers import vhdkit
+from fixtures import linux_disks
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("gate")
+    return {name: linux_disks.build(name, work) for name in ("generalized-gpt", "host-keys")}
+
+
+def args(path: Path, url: str, container: ContainerClient) -> list[str]:
+    return ["upload", str(path), "--emulator", url, "--container", container.container_name,
+            "--blob", "os.vhd", "-q"]
+
+
+def blobs(container: ContainerClient) -> list[str]:
+    return [b.name for b in container.list_blobs()]
+
+
+def test_not_generalized_disk_is_refused_before_any_byte(
+        disks: dict[str, Path], azurite_url: str, container: ContainerClient) -> None:
+    code, _, err = vhdkit(*args(disks["host-keys"], azurite_url, container))
+    assert code == 1
+    assert "linux.deprovision.ssh-host-keys" in err and "waagent -force -deprovision" in err
+    assert "upload refused" in err
+    assert blobs(container) == []
+
+
+def test_skip_preflight_uploads_with_a_warning(
+        disks: dict[str, Path], azurite_url: str, container: ContainerClient) -> None:
+    code, _, err = vhdkit(*args(disks["host-keys"], azurite_url, container), "--skip-preflight")
+    assert code == 0, err
+    assert "warning: --skip-preflight: the OS inside was not checked" in err
+    assert blobs(container) == ["os.vhd"]
+
+
+def test_specialized_disk_uploads_when_expected(
+        disks: dict[str, Path], azurite_url: str, container: ContainerClient) -> None:
+    code, _, err = vhdkit(*args(disks["host-keys"], azurite_url, container),
+                          "--expect", "specialized")
+    assert code == 0, err
+    assert "warning" not in err
+
+
+def test_generalized_disk_passes_the_gate(
+        disks: dict[str, Path], azurite_url: str, container: ContainerClient) -> None:
+    code, _, err = vhdkit(*args(disks["generalized-gpt"], azurite_url, container))
+    assert code == 0, err
+    assert blobs(container) == ["os.vhd"]
