@@ -27,7 +27,7 @@ from typing import Any
 from .azure_view import AzureView, fixed_footer
 from .disk import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
 from .errors import ConvertError, DiskIOError, UsageError
-from .extents import Extent, total
+from .extents import Extent, align_to_sectors, total
 from .report import Report
 from .sparse_io import (
     CHUNK,
@@ -37,7 +37,6 @@ from .sparse_io import (
     fsync_dir,
     pwrite_all,
     scan,
-    sector_extents,
 )
 from .vhd.structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
 
@@ -197,7 +196,7 @@ def convert(
     try:
         view = AzureView.of(disk, size)
         _refuse_destination(disk, dst, force)
-        extents = sector_extents(view.data_extents(), view.virtual_size)
+        extents = align_to_sectors(view.data_extents(), view.virtual_size)
         data_bytes = total(extents)
         directory = os.path.dirname(os.path.abspath(dst))
         if not os.path.isdir(directory):

@@ -75,6 +75,18 @@ def split(extents: Iterable[Extent], max_len: int) -> Iterator[Extent]:
             pos += n
 
 
+def align_to_sectors(extents: Iterable[Extent], limit: int) -> list[Extent]:
+    """Ranges widened to whole 512-byte sectors (an odd-sized raw image ends mid-sector),
+    clipped to ``limit`` and merged."""
+    out = []
+    for e in extents:
+        s = e.start // SECTOR * SECTOR
+        t = min(limit, -(-e.end // SECTOR) * SECTOR)
+        if s < t:
+            out.append(Extent(s, t - s))
+    return merge(out)
+
+
 def total(extents: Iterable[Extent]) -> int:
     return sum(e.length for e in extents)
 

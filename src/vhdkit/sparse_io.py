@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from .disk import VirtualDisk
-from .extents import SECTOR, Extent, nonzero_runs, split
+from .extents import Extent, align_to_sectors, nonzero_runs, split
 
 MIB = 1024 * 1024
 #: Bytes read per request. Large enough to amortise Python overhead, small enough for low RSS.
@@ -161,23 +161,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def sector_extents(extents: list[Extent], limit: int) -> list[Extent]:
-    """Extents widened to whole sectors (an odd-sized raw image ends mid-sector), within limit."""
-    out = []
-    for e in extents:
-        s = e.start // SECTOR * SECTOR
-        t = min(limit, -(-e.end // SECTOR) * SECTOR)
-        if s < t:
-            out.append(Extent(s, t - s))
-    return out
-
-
 def data_digest(disk: VirtualDisk, chunk: int = CHUNK,
                 progress: Callable[[int], None] | None = None, size: int | None = None) -> str:
     """The :class:`SparseDigest` of a disk's virtual data, as a disk of ``size`` bytes (default:
     its own size; zeros beyond it)."""
     d = SparseDigest()
-    for run, data in scan(disk, sector_extents(disk.extents(), -(-disk.size // MIB) * MIB),
+    for run, data in scan(disk, align_to_sectors(disk.extents(), -(-disk.size // MIB) * MIB),
                           chunk, progress):
         d.update(run.start, data)
     return d.hexdigest(disk.size if size is None else size)

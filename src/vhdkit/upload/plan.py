@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..azure_view import AzureView
-from ..extents import SECTOR, Extent, merge, nonzero_runs, split, subtract
+from ..extents import SECTOR, Extent, align_to_sectors, merge, nonzero_runs, split, subtract
 from .types import MAX_WRITE, Write
 
 KIB = 1024
@@ -131,16 +131,6 @@ class PlanStats:
         return self.stream_size - self.planned - self.present
 
 
-def aligned(extents: list[Extent], limit: int) -> list[Extent]:
-    out = []
-    for e in extents:
-        s = e.start // SECTOR * SECTOR
-        t = min(limit, -(-e.end // SECTOR) * SECTOR)
-        if s < t:
-            out.append(Extent(s, t - s))
-    return merge(out)
-
-
 class _Ranges:
     """A sorted, merged range list with fast window queries."""
 
@@ -173,7 +163,7 @@ class Planner:
                  hasher: _Hasher | None = None) -> None:
         self.view = view
         self.gap = gap
-        self.skip = _Ranges(aligned(skip or [], view.stream_size))
+        self.skip = _Ranges(align_to_sectors(skip or [], view.stream_size))
         self.hasher = hasher
         self.stats = PlanStats(stream_size=view.stream_size)
         self.stats.present = sum(r.length for r in self.skip.ranges)
@@ -183,7 +173,7 @@ class Planner:
 
     def writes(self) -> Iterator[Write]:
         view, stats = self.view, self.stats
-        extents = aligned(view.extents(), view.stream_size)
+        extents = align_to_sectors(view.extents(), view.stream_size)
         to_read = extents if self.hasher is not None else subtract(extents, self.skip.ranges)
         for piece in split(to_read, CHUNK):
             self._hash_zeros(stats.scanned, piece.start)

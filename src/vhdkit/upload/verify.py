@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ..azure_view import AzureView
 from ..errors import UploadError
-from ..extents import Extent, merge, nonzero_runs, split, subtract
-from .plan import CHUNK, aligned
+from ..extents import Extent, align_to_sectors, merge, nonzero_runs, split, subtract
+from .plan import CHUNK
 from .types import MAX_WRITE
 
 WINDOW_GAP = 1024 * 1024
@@ -49,7 +49,7 @@ def verify(view: AzureView, page_ranges: list[Extent], read_remote: Callable[[in
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for fut in [pool.submit(check, r) for r in pieces]:
             fut.result()
-    outside = subtract(aligned(view.extents(), view.stream_size), pieces)
+    outside = subtract(align_to_sectors(view.extents(), view.stream_size), pieces)
     scanned = 0
     for piece in split(outside, CHUNK):
         runs = nonzero_runs(view.read_at(piece.start, piece.length), piece.start)
