@@ -40,6 +40,7 @@ CREATOR_OS = b"Wi2k"
 
 
 def round_up_mib(size: int) -> int:
+    """The next whole MiB at or above ``size``: the virtual size Azure accepts."""
     return -(-size // MIB) * MIB
 
 

@@ -59,6 +59,7 @@ class Report:
 
 
 def render_text(report: Report, verbose: bool = False) -> str:
+    """Human-readable findings: problems first, with evidence and fix (all rules if verbose)."""
     lines = [f"{report.subject}: {'READY' if report.ready else 'NOT READY'} for Azure"]
     shown: Sequence[Finding] = (
         [f for f in report.findings if f.applicable] if verbose else report.problems)
@@ -76,6 +77,7 @@ def render_text(report: Report, verbose: bool = False) -> str:
 
 
 def render_json(report: Report) -> str:
+    """The report as JSON (layout in docs/JSON.md)."""
     doc = {
         "subject": report.subject,
         "ready": report.ready,
