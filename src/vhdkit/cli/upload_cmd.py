@@ -76,7 +76,8 @@ class _Bar:
         from tqdm import tqdm
 
         self._bar: Any = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                              desc="upload", file=sys.stderr, disable=not enabled,
+                              desc="upload", file=sys.stderr,
+                              disable=not enabled or not sys.stderr.isatty(),
                               dynamic_ncols=True, leave=False)
         self._done = 0
 
