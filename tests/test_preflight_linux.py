@@ -271,7 +271,7 @@ def test_cli_unreadable_disk_exits_2_without_traceback(tmp_path: Path) -> None:
         assert res.stderr.startswith("vhdkit: error:") and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("name", ["generalized-lvm", "not-generalized"])
+@pytest.mark.parametrize("name", sorted([*ld.VARIANTS, *ld.OTHER]))
 def test_vhd_and_vhdx_wraps_give_the_same_verdict(linux_dir: Path, tmp_path: Path,
                                                   name: str) -> None:
     raw = image(linux_dir, name)
