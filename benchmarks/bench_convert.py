@@ -9,7 +9,7 @@ Inputs: dynamic VHDs (qemu's 2 MiB blocks) with random data in scattered 64 KiB 
 Wall time is the median of several runs after a warm-up (page cache warm for both); peak RSS is
 the child's ru_maxrss. Prints a markdown table.
 
-    python benchmarks/bench_convert.py [--workdir DIR] [--runs N] [--only 2G]
+    python -m benchmarks.bench_convert [--workdir DIR] [--runs N] [--only 2G] [--goals FILE]
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MIB = 1 << 20
-GIB = 1 << 30
+from benchmarks.common import GIB, MIB, Goal, save_goals
 
 
 @dataclass(frozen=True)
@@ -77,18 +76,6 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return wall, usage.ru_maxrss * 1024
 
 
-def measure(cmd: list[str], out: Path, runs: int) -> tuple[float, int]:
-    times, peak = [], 0
-    for i in range(runs + 1):
-        if out.exists():
-            out.unlink()
-        wall, rss = timed(cmd)
-        if i:  # the first run warms the page cache
-            times.append(wall)
-            peak = max(peak, rss)
-    return statistics.median(times), peak
-
-
 def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
     src = make_input(case, work)
     out_v, out_q = work / "out-vhdkit.vhd", work / "out-qemu.vhd"
@@ -96,19 +83,29 @@ def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
               "--force"]
     qemu = ["qemu-img", "convert", "-f", "vpc", "-O", "vpc", "-o",
             "subformat=fixed,force_size=on", str(src), str(out_q)]
-    v_time, v_rss = measure(vhdkit, out_v, runs)
-    q_time, q_rss = measure(qemu, out_q, runs)
     # qemu-img leaves its output in the page cache (no flush); vhdkit fsyncs before its rename.
     # The same durability for qemu-img: its convert followed by an fsync of the output.
-    qs_time, _ = measure(["sh", "-c", " ".join(shlex.quote(a) for a in qemu)
-                          + f" && sync {shlex.quote(str(out_q))}"], out_q, runs)
+    qemu_sync = ["sh", "-c", " ".join(shlex.quote(a) for a in qemu)
+                 + f" && sync {shlex.quote(str(out_q))}"]
+    cmds = {"vhdkit": (vhdkit, out_v), "qemu": (qemu, out_q), "qemu_sync": (qemu_sync, out_q)}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    peak: dict[str, int] = dict.fromkeys(cmds, 0)
+    for i in range(runs + 1):  # interleaved, so machine noise hits every tool alike
+        for key, (cmd, out) in cmds.items():
+            if out.exists():
+                out.unlink()
+            wall, rss = timed(cmd)
+            if i:  # the first round warms the page cache
+                times[key].append(wall)
+                peak[key] = max(peak[key], rss)
+    v_time, q_time, qs_time = (statistics.median(times[k]) for k in cmds)
     same = subprocess.run(["qemu-img", "compare", "-q", "-f", "vpc", "-F", "vpc", str(out_v),
                            str(out_q)], check=False).returncode == 0
     row: dict[str, float | int | str] = {
         "case": case.name, "data_mib": os.stat(src).st_blocks * 512 // MIB,
         "vhdkit_s": v_time, "qemu_s": q_time, "ratio": v_time / q_time,
         "qemu_sync_s": qs_time, "ratio_sync": v_time / qs_time,
-        "vhdkit_rss_mib": v_rss / MIB, "qemu_rss_mib": q_rss / MIB,
+        "vhdkit_rss_mib": peak["vhdkit"] / MIB, "qemu_rss_mib": peak["qemu"] / MIB,
         "vhdkit_alloc_mib": os.stat(out_v).st_blocks * 512 / MIB,
         "qemu_alloc_mib": os.stat(out_q).st_blocks * 512 / MIB,
         "identical": "yes" if same else "NO",
@@ -118,9 +115,15 @@ def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
     return row
 
 
+def startup_seconds(runs: int) -> float:
+    """Interpreter start plus vhdkit's imports: the fixed cost inside every vhdkit time."""
+    times = [timed([sys.executable, "-m", "vhdkit", "--help"])[0] for _ in range(runs + 1)]
+    return statistics.median(times[1:])
+
+
 def render(rows: list[dict[str, float | int | str]]) -> str:
     lines = [
-        "| input (dynamic VHD) | source file MiB | vhdkit s | qemu-img s | ratio (≤ 1.0 goal) "
+        "| input (dynamic VHD) | source file MiB | vhdkit s | qemu-img s | ratio (goal ≤ 1.0) "
         "| qemu-img + fsync s | ratio vs that | vhdkit peak RSS MiB | qemu-img peak RSS MiB "
         "| output alloc MiB vhdkit / qemu | same data |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -134,23 +137,49 @@ def render(rows: list[dict[str, float | int | str]]) -> str:
     return "\n".join(lines)
 
 
+def goals_of(rows: list[dict[str, float | int | str]]) -> list[Goal]:
+    out = []
+    for r in rows:
+        ratio, ratio_sync = float(r["ratio"]), float(r["ratio_sync"])
+        out.append(Goal("Convert", f"{r['case']}: vhdkit convert ÷ qemu-img convert wall time",
+                        "≤ 1.0×", f"{ratio:.2f}× ({ratio_sync:.2f}× vs qemu-img + fsync)",
+                        ratio <= 1.0))
+        rss = float(r["vhdkit_rss_mib"])
+        out.append(Goal("Convert", f"{r['case']}: vhdkit convert peak RSS", "≤ 150 MiB",
+                        f"{rss:.0f} MiB", rss <= 150))
+        out.append(Goal("Convert", f"{r['case']}: output equals qemu-img's (qemu-img compare)",
+                        "same data", str(r["identical"]), r["identical"] == "yes"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default=None, help="run only the case whose name starts so")
+    ap.add_argument("--goals", default=None, help="write the goal records as JSON here")
     args = ap.parse_args()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="vhdkit-bench-convert-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vhdkit-bench-convert-",
+                                                 dir=os.environ.get("VHDKIT_BENCH_DIR")))
     work.mkdir(parents=True, exist_ok=True)
     cases = [c for c in CASES if args.only is None or c.name.startswith(args.only)]
     try:
         rows = [bench(c, work, args.runs) for c in cases]
+        startup = startup_seconds(args.runs)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"### convert: vhdkit vs qemu-img ({os.cpu_count()} CPUs, median of {args.runs} "
-          "warm runs)\n")
+    print(f"#### vhdkit convert vs qemu-img convert (median of {args.runs} warm runs, "
+          "interleaved)\n")
     print(render(rows))
+    print(f"\nEvery vhdkit time includes {startup:.2f} s of interpreter start and imports "
+          "(`python -m vhdkit --help`). Inputs: dynamic VHDs (2 MiB blocks) with random data in "
+          "scattered 64 KiB–4 MiB runs; output an Azure fixed VHD. vhdkit fsyncs its output "
+          "before the atomic rename, qemu-img does not flush: both ratios are shown.")
+    if rows and rows[0]["case"] == "2G-25%":
+        print(f"The Convert issue quotes qemu-img at 0.40 s for the 2 GiB case; here it took "
+              f"{float(rows[0]['qemu_s']):.2f} s warm (its first, cold run is discarded).")
+    save_goals(args.goals, goals_of(rows))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 ``upload_blob(blob_type="PageBlob", max_concurrency=N)`` vs a plain concurrent ``upload_page``
 loop of 4 MiB writes; locally and through the test proxy with a 100 Mbit/s uplink cap.
 
-    python benchmarks/bench_upload.py [--url URL] [--size-mib 1024] [--concurrency 8]
-        [--skip-uplink] [--json results.json] [--workdir DIR]
+    python -m benchmarks.bench_upload [--url URL] [--size-mib 1024] [--concurrency 8]
+        [--part local|dense|uplink|extra ...] [--runs N] [--json FILE] [--goals FILE]
+        [--workdir DIR]
+    python -m benchmarks.bench_upload --merge PART.json ... [--goals FILE]
 
-The Azurite URL defaults to $VHDKIT_AZURITE_BLOB_URL (``make bench`` starts one). Prints a
-markdown table with ratios to stdout and writes the same results as JSON.
+The Azurite URL defaults to $VHDKIT_AZURITE_BLOB_URL (scripts/with-azurite.sh starts one).
+Azurite's in-memory store fills up (deleted blobs are only collected every 10 minutes), so
+benchmarks/run_all.py runs each part against its own Azurite. Prints a markdown table with
+ratios to stdout and writes the raw results as JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,15 +27,18 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 
+import numpy as np  # noqa: E402
 from azure.storage.blob import BlobClient, BlobServiceClient  # noqa: E402
 
-from faultproxy import FaultProxy, Faults  # noqa: E402
+from benchmarks.common import GIB, Goal, ratio, save_goals  # noqa: E402
+from faultproxy import FaultProxy, Faults  # type: ignore[import-untyped]  # noqa: E402
 from fixtures import qemu  # noqa: E402
 from fixtures.upload_disks import MIB, scattered_runs, write_runs  # noqa: E402
 from vhdkit.azure_view import AzureView, fixed_footer  # noqa: E402
@@ -38,6 +47,7 @@ from vhdkit.upload import UploadOptions, upload  # noqa: E402
 from vhdkit.upload.pageblob import EMULATOR_ACCOUNT, EMULATOR_KEY, PageBlob, Target  # noqa: E402
 
 UPLINK_BPS = 100e6
+SDK_CHUNK = 4 * MIB  # upload_blob(PageBlob) sends every 4 MiB chunk that is not all zeros
 
 
 def conn_str(url: str) -> str:
@@ -48,10 +58,12 @@ def conn_str(url: str) -> str:
 def make_fixed_vhd(path: Path, size: int, runs: list[tuple[int, int]]) -> Path:
     """A fixed VHD (data + footer) holding random data at ``runs``: the stream every method
     uploads, so that the SDK and the plain loop can read it as a plain file."""
-    if not path.exists():
-        write_runs(path, size, runs)
-        with open(path, "ab") as fh:
+    if not path.exists():  # built under a temporary name: an interrupted run leaves no stub
+        tmp = path.with_suffix(".part")
+        write_runs(tmp, size, runs)
+        with open(tmp, "ab") as fh:
             fh.write(fixed_footer(size, uuid.uuid4().bytes, 0).build())
+        tmp.rename(path)
     return path
 
 
@@ -73,6 +85,19 @@ def run_vhdkit(url: str, container: str, path: Path, conc: int,
             "merge_gap": r.merge_gap, "retries": r.retries}
 
 
+def sdk_plan(path: Path) -> tuple[int, int]:
+    """(bytes, writes) the SDK sends for ``path``: its non-empty 4 MiB chunks."""
+    sent = writes = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(SDK_CHUNK):
+            usable = len(chunk) // 8 * 8
+            words = np.frombuffer(chunk, dtype=np.uint64, count=usable // 8)
+            if words.any() or any(chunk[usable:]):
+                sent += len(chunk)
+                writes += 1
+    return sent, writes
+
+
 def run_sdk(url: str, container: str, path: Path, conc: int) -> dict[str, Any]:
     client = BlobClient.from_connection_string(conn_str(url), container, f"s-{uuid.uuid4().hex}")
     size = path.stat().st_size
@@ -81,7 +106,8 @@ def run_sdk(url: str, container: str, path: Path, conc: int) -> dict[str, Any]:
         client.upload_blob(fh, blob_type="PageBlob", length=size, max_concurrency=conc)
     dt = time.perf_counter() - t
     client.delete_blob()
-    return {"seconds": dt, "bytes_sent": size, "writes": -(-size // (4 * MIB))}
+    sent, writes = sdk_plan(path)
+    return {"seconds": dt, "bytes_sent": sent, "writes": writes}
 
 
 def run_loop(url: str, container: str, path: Path, conc: int) -> dict[str, Any]:
@@ -104,31 +130,152 @@ def run_loop(url: str, container: str, path: Path, conc: int) -> dict[str, Any]:
 
 
 def peak_rss_cli(url: str, container: str, path: Path, conc: int) -> dict[str, Any]:
-    """The CLI in a grandchild process: wall time and its peak RSS (the child that waits for it
-    reports it, so earlier children such as qemu-img do not count)."""
+    """The CLI in a grandchild process: wall time, bytes sent and its peak RSS (the child that
+    waits for it reports it, so no other process counts)."""
     name = f"rss-{uuid.uuid4().hex}"
     cli = [sys.executable, "-m", "vhdkit", "upload", str(path), "--emulator", url,
-           "--container", container, "--blob", name, "-q", "--concurrency", str(conc),
+           "--container", container, "--blob", name, "-q", "--json", "--concurrency", str(conc),
            "--skip-preflight"]
-    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-             "stdout=subprocess.DEVNULL); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    probe = ("import resource, subprocess, sys; "
+             "out = subprocess.run(sys.argv[1:], check=True, capture_output=True).stdout; "
+             "sys.stdout.buffer.write(out); "
+             "print('\\nRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", probe, *cli], check=True, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout
     dt = time.perf_counter() - t
     BlobClient.from_connection_string(conn_str(url), container, name).delete_blob()
-    return {"seconds": dt, "peak_rss_mib": round(int(out.split()[-1]) / 1024, 1)}
+    summary, _, rss = out.rpartition("\nRSS ")
+    res: dict[str, Any] = {"seconds": dt, "peak_rss_mib": round(int(rss) / 1024, 1)}
+    try:
+        doc = json.loads(summary)
+    except ValueError:
+        return res
+    if isinstance(doc, dict) and "bytes_sent" in doc:
+        res.update(bytes_sent=doc["bytes_sent"], writes=doc.get("writes", ""))
+    return res
 
 
 def qemu_then_sdk(url: str, container: str, dynamic: Path, conc: int, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     fixed = qemu.convert(dynamic, "vpc", work / "qemu-fixed.vhd", "vpc", "subformat=fixed",
                          "force_size=on")
+    t_convert = time.perf_counter() - t
     r = run_sdk(url, container, fixed, conc)
-    dt = time.perf_counter() - t
     fixed.unlink()
-    return {"seconds": dt, "bytes_sent": r["bytes_sent"], "writes": r["writes"]}
+    return {"seconds": t_convert + r["seconds"], "convert_seconds": t_convert,
+            "bytes_sent": r["bytes_sent"], "writes": r["writes"]}
+
+
+Row = dict[str, Any]
+Key = tuple[str, str, str]  # link, input, method
+PARTS = ("local", "dense", "uplink", "extra")
+DYNAMIC = "dynamic VHD, 10 % data"
+
+
+class Runs:
+    """Interleaved repetitions of each method on one input; medians per method."""
+
+    def __init__(self) -> None:
+        self.samples: dict[Key, list[Row]] = {}
+
+    def rounds(self, link: str, name: str, methods: dict[str, Callable[[], Row]],
+               runs: int) -> None:
+        for i in range(runs):
+            for method, fn in methods.items():
+                print(f"  {link:6} {name:18} {method} (run {i + 1}/{runs}) ...", file=sys.stderr,
+                      flush=True)
+                self.samples.setdefault((link, name, method), []).append(fn())
+
+    def median(self, key: Key) -> Row | None:
+        rows = self.samples.get(key)
+        if not rows:
+            return None
+        mid = sorted(rows, key=lambda r: float(r["seconds"]))[(len(rows) - 1) // 2]
+        return {**mid, "seconds": statistics.median(float(r["seconds"]) for r in rows),
+                "runs": len(rows), "link": key[0], "input": key[1], "method": key[2]}
+
+    def all(self) -> list[Row]:
+        return [r for k in self.samples if (r := self.median(k)) is not None]
+
+
+def baseline_method(name: str) -> str:
+    if name == "dense random":
+        return "upload_page loop"
+    if name == DYNAMIC:
+        return "qemu-img convert + sdk"
+    return "sdk"
+
+
+def render(rows: list[Row], conc: int) -> str:
+    by_key = {(r["link"], r["input"], r["method"]): r for r in rows}
+    lines = ["| link | input | method | runs | time (s, median) | MiB sent | writes "
+             "| time ÷ baseline | note |", "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        base = by_key.get((r["link"], r["input"], baseline_method(r["input"])))
+        rel = (f"{ratio(r['seconds'] / base['seconds'])} {base['method']}"
+               if base is not None and base is not r else "")
+        note = []
+        if "merge_gap" in r:
+            note.append(f"final gap {r['merge_gap'] // 1024} KiB, retries {r['retries']}")
+        if "convert_seconds" in r:
+            note.append(f"qemu-img convert {r['convert_seconds']:.2f} s of it")
+        if "peak_rss_mib" in r:
+            note.append(f"peak RSS {r['peak_rss_mib']} MiB (CLI, incl. interpreter start)")
+        sent = f"{r['bytes_sent'] / MIB:.1f}" if "bytes_sent" in r else ""
+        lines.append(f"| {r['link']} | {r['input']} | {r['method']} | {r['runs']} "
+                     f"| {r['seconds']:.2f} | {sent} | {r.get('writes', '')} | {rel} "
+                     f"| {'; '.join(note)} |")
+    lines.append(f"\nConcurrency {conc} for every method; uplink = the test proxy capped at "
+                 f"{UPLINK_BPS / 1e6:.0f} Mbit/s; \"MiB sent\" for the SDK is its non-empty 4 MiB "
+                 "chunks (it skips all-zero chunks).")
+    return "\n".join(lines)
+
+
+def size_label(n: int) -> str:
+    return f"{n / GIB:g} GiB" if n >= GIB else f"{n / MIB:g} MiB"
+
+
+def goals_of(rows: list[Row], size: int) -> list[Goal]:
+    by_key = {(r["link"], r["input"], r["method"]): r for r in rows}
+    goals: list[Goal] = []
+
+    def rel(link: str, name: str, method: str, peer: str) -> tuple[float, str] | None:
+        a, b = by_key.get((link, name, method)), by_key.get((link, name, peer))
+        if a is None or b is None:
+            return None
+        return a["seconds"] / b["seconds"], (f"{method} {a['seconds']:.2f} s, "
+                                              f"{peer} {b['seconds']:.2f} s")
+
+    for link, name, limit in (("uplink", "10% scattered", 0.25), ("local", "10% scattered", 1.0),
+                              ("local", "1% scattered", 0.2)):
+        got = rel(link, name, "vhdkit", "sdk")
+        if got:
+            goals.append(Goal("Upload", f"{link}, {size_label(size)} {name}: "
+                              "vhdkit ÷ SDK upload_blob time",
+                              f"≤ {limit}×", f"{ratio(got[0])} ({got[1]})", got[0] <= limit))
+        v, sdk = by_key.get((link, name, "vhdkit")), by_key.get((link, name, "sdk"))
+        if v and sdk:
+            goals.append(Goal("Upload", f"{link}, {size_label(size)} {name}: bytes sent, "
+                              "vhdkit ÷ SDK",
+                              "recorded", f"{ratio(v['bytes_sent'] / sdk['bytes_sent'])} "
+                              f"({v['bytes_sent'] / MIB:.0f} vs {sdk['bytes_sent'] / MIB:.0f} MiB)",
+                              None))
+    got = rel("local", "dense random", "upload_page loop", "vhdkit")
+    if got:  # throughput ratio = loop time / vhdkit time
+        goals.append(Goal("Upload", f"local, dense random {size_label(size)}: vhdkit ÷ "
+                          "upload_page loop throughput", "≥ 0.9×",
+                          f"{ratio(got[0])} ({got[1]})", got[0] >= 0.9))
+    got = rel("local", DYNAMIC, "vhdkit", "qemu-img convert + sdk")
+    if got:
+        goals.append(Goal("Upload", f"{size_label(2 * size)} dynamic VHD, 10 % data: vhdkit ÷ "
+                          "(qemu-img convert + SDK upload) time", "recorded (no target)",
+                          f"{ratio(got[0])} ({got[1]})", None))
+    big = by_key.get(("local", "16 GiB sparse", "vhdkit CLI (RSS)"))
+    if big:
+        goals.append(Goal("Upload", "vhdkit upload peak RSS, 16 GiB sparse input", "≤ 150 MiB",
+                          f"{big['peak_rss_mib']:.0f} MiB", big["peak_rss_mib"] <= 150))
+    return goals
 
 
 def main() -> None:
@@ -136,94 +283,100 @@ def main() -> None:
     ap.add_argument("--url", default=os.environ.get("VHDKIT_AZURITE_BLOB_URL"))
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--skip-uplink", action="store_true")
-    ap.add_argument("--skip-extra", action="store_true", help="skip the dynamic-VHD and RSS runs")
-    ap.add_argument("--json", default="bench_upload.json")
-    ap.add_argument("--workdir")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions (uplink: always 1)")
+    ap.add_argument("--part", action="append", choices=PARTS,
+                    help="run only these parts (repeatable; default all)")
+    ap.add_argument("--json", default=None, help="write the raw results here")
+    ap.add_argument("--goals", default=None, help="write the goal records as JSON here")
+    ap.add_argument("--workdir", help="inputs are kept and reused here")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="run nothing: print one table from the --json files of earlier parts")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.goals)
+        return
     if not args.url:
-        sys.exit("no Azurite: pass --url or run under scripts/with-azurite.sh (make bench)")
-    size, conc = args.size_mib * MIB, args.concurrency
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="vhdkit-bench-"))
+        sys.exit("no Azurite: pass --url or run under scripts/with-azurite.sh")
+    parts = args.part or list(PARTS)
+    size, conc, url = args.size_mib * MIB, args.concurrency, args.url
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="vhdkit-bench-",
+                                                 dir=os.environ.get("VHDKIT_BENCH_DIR")))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"generating inputs ({args.size_mib} MiB each) in {work}", file=sys.stderr)
-    inputs = {
-        "10% scattered": make_fixed_vhd(work / "p10.vhd", size, scattered_runs(size, 0.10)),
-        "1% scattered": make_fixed_vhd(work / "p1.vhd", size, scattered_runs(size, 0.01)),
-        "dense random": make_fixed_vhd(work / "dense.vhd", size, dense_runs(size)),
-    }
-    svc = BlobServiceClient.from_connection_string(conn_str(args.url))
+    print(f"inputs ({args.size_mib} MiB each) in {work}", file=sys.stderr)
+    svc = BlobServiceClient.from_connection_string(conn_str(url))
     container = f"bench-{uuid.uuid4().hex[:8]}"
     svc.create_container(container)
-    results: list[dict[str, Any]] = []
-
-    def record(link: str, name: str, method: str, fn: Callable[[], dict[str, Any]]) -> None:
-        print(f"  {link:6} {name:14} {method} ...", file=sys.stderr, flush=True)
-        res = fn()
-        res.update(link=link, input=name, method=method)
-        results.append(res)
-
+    runs = Runs()
     try:
-        for name, path in inputs.items():
-            record("local", name, "vhdkit", lambda p=path: run_vhdkit(args.url, container, p, conc))
-            record("local", name, "sdk", lambda p=path: run_sdk(args.url, container, p, conc))
-            if name == "dense random":
-                record("local", name, "upload_page loop",
-                       lambda p=path: run_loop(args.url, container, p, conc))
-        if not args.skip_uplink:
-            with FaultProxy(args.url, Faults(bandwidth_bps=UPLINK_BPS)) as proxy:
-                path = inputs["10% scattered"]
-                record("uplink", "10% scattered", "vhdkit",
-                       lambda: run_vhdkit(proxy.url, container, path, conc))
-                record("uplink", "10% scattered", "sdk",
-                       lambda: run_sdk(proxy.url, container, path, conc))
-        if not args.skip_extra:
-            raw = write_runs(work / "dyn-src.raw", 2 * size, scattered_runs(2 * size, 0.10, seed=3))
-            dyn = qemu.convert(raw, "raw", work / "dyn.vhd", "vpc", "subformat=dynamic",
-                               "force_size=on")
-            raw.unlink()
-            record("local", "2x dynamic 10%", "vhdkit",
-                   lambda: run_vhdkit(args.url, container, dyn, conc))
-            record("local", "2x dynamic 10%", "qemu-img convert + sdk",
-                   lambda: qemu_then_sdk(args.url, container, dyn, conc, work))
+        if "local" in parts:
+            for name, frac in (("10% scattered", 0.10), ("1% scattered", 0.01)):
+                p = make_fixed_vhd(work / f"p{frac * 100:.0f}.vhd", size,
+                                   scattered_runs(size, frac))
+                runs.rounds("local", name, {
+                    "vhdkit": partial(run_vhdkit, url, container, p, conc),
+                    "sdk": partial(run_sdk, url, container, p, conc)}, args.runs)
+        if "dense" in parts:
+            p = make_fixed_vhd(work / "dense.vhd", size, dense_runs(size))
+            runs.rounds("local", "dense random", {
+                "vhdkit": lambda: run_vhdkit(url, container, p, conc),
+                "upload_page loop": lambda: run_loop(url, container, p, conc),
+                "sdk": lambda: run_sdk(url, container, p, conc)}, args.runs)
+        if "uplink" in parts:
+            p = make_fixed_vhd(work / "p10.vhd", size, scattered_runs(size, 0.10))
+            with FaultProxy(url, Faults(bandwidth_bps=UPLINK_BPS)) as proxy:
+                runs.rounds("uplink", "10% scattered", {
+                    "vhdkit": lambda: run_vhdkit(proxy.url, container, p, conc),
+                    "sdk": lambda: run_sdk(proxy.url, container, p, conc)}, 1)
+        if "extra" in parts:
+            dyn = dynamic_input(work, 2 * size)
+            runs.rounds("local", DYNAMIC, {
+                "vhdkit": lambda: run_vhdkit(url, container, dyn, conc),
+                "qemu-img convert + sdk": lambda: qemu_then_sdk(url, container, dyn, conc, work),
+            }, args.runs)
             big = work / "sparse16g.raw"
             if not big.exists():
                 write_runs(big, 16 * 1024 * MIB, scattered_runs(16 * 1024 * MIB, 0.001, seed=5))
-            record("local", "16 GiB sparse", "vhdkit CLI (RSS)",
-                   lambda: peak_rss_cli(args.url, container, big, conc))
+            runs.rounds("local", "16 GiB sparse", {
+                "vhdkit CLI (RSS)": lambda: peak_rss_cli(url, container, big, conc)}, 1)
     finally:
         svc.delete_container(container)
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    rows = runs.all()
+    if args.json:
+        Path(args.json).write_text(json.dumps({"concurrency": conc, "size_mib": args.size_mib,
+                                               "results": rows}, indent=2))
+    report(rows, conc, size, args.goals)
 
-    print(render(results, conc))
-    Path(args.json).write_text(json.dumps({"concurrency": conc, "size_mib": args.size_mib,
-                                           "results": results}, indent=2))
-    print(f"\nresults written to {args.json}", file=sys.stderr)
+
+def report(rows: list[Row], conc: int, size: int, goals_path: str | None) -> None:
+    print(render(rows, conc))
+    save_goals(goals_path, goals_of(rows, size))
+    print(f"\nInputs: {size_label(size)} fixed VHDs with random data in scattered 4–64 KiB "
+          f"runs (10 % and 1 %) or dense; the dynamic VHD is {size_label(2 * size)} with ~10 % "
+          "data in 64 KiB–4 MiB runs (qemu-img, 2 MiB blocks); the 16 GiB input is a sparse raw "
+          "file with 0.1 % data, uploaded by the CLI in its own process.")
 
 
-def render(results: list[dict[str, Any]], conc: int) -> str:
-    def find(link: str, name: str, method: str) -> dict[str, Any] | None:
-        return next((r for r in results if (r["link"], r["input"], r["method"]) ==
-                     (link, name, method)), None)
+def merge(files: list[str], goals_path: str | None) -> None:
+    """One table and one set of goals from the JSON of parts run separately."""
+    docs = [json.loads(Path(f).read_text()) for f in files if Path(f).exists()]
+    if not docs:
+        sys.exit("no part produced results")
+    rows = [r for d in docs for r in d["results"]]
+    report(rows, docs[0]["concurrency"], docs[0]["size_mib"] * MIB, goals_path)
 
-    lines = ["| link | input | method | time (s) | MiB sent | writes | ratio | note |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        base = (find(r["link"], r["input"], "upload_page loop") if r["input"] == "dense random"
-                else None) or find(r["link"], r["input"], "sdk") or \
-            find(r["link"], r["input"], "qemu-img convert + sdk")
-        ratio = f"{r['seconds'] / base['seconds']:.2f}x {base['method']}" if base and \
-            base is not r else ""
-        note = []
-        if "merge_gap" in r:
-            note.append(f"final gap {r['merge_gap'] // 1024} KiB, retries {r['retries']}")
-        if "peak_rss_mib" in r:
-            note.append(f"peak RSS {r['peak_rss_mib']} MiB")
-        sent = f"{r['bytes_sent'] / MIB:.1f}" if "bytes_sent" in r else ""
-        lines.append(f"| {r['link']} | {r['input']} | {r['method']} | {r['seconds']:.2f} | "
-                     f"{sent} | {r.get('writes', '')} | {ratio} | {'; '.join(note)} |")
-    lines.append(f"\nconcurrency {conc} for every method; uplink = test proxy capped at "
-                 f"{UPLINK_BPS / 1e6:.0f} Mbit/s.")
-    return "\n".join(lines)
+
+def dynamic_input(work: Path, size: int) -> Path:
+    """A dynamic VHD (qemu-img, 2 MiB blocks) with ~10 % random data in 64 KiB-4 MiB runs."""
+    dyn = work / "dyn.vhd"
+    if not dyn.exists():
+        raw = write_runs(work / "dyn-src.raw", size,
+                         scattered_runs(size, 0.10, lo=64 * 1024, hi=4 * MIB, seed=3))
+        qemu.convert(raw, "raw", work / "dyn.part", "vpc", "subformat=dynamic", "force_size=on")
+        (work / "dyn.part").rename(dyn)
+        raw.unlink()
+    return dyn
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from benchmarks.foundation import GIB, sparse_dynamic
-from fixtures.vhdbuild import MIB
+from benchmarks.common import GIB, MIB
+from benchmarks.foundation import sparse_dynamic
 from vhdkit.disk import open_disk
 from vhdkit.extents import nonzero_runs
 from vhdkit.vhd.structs import FOOTER_SIZE, Footer
