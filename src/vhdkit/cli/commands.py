@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401
+    bench_cmd,
     check_cmd,
     convert_cmd,
     inspect_cmd,

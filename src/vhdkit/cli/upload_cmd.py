@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import Any
@@ -16,7 +15,8 @@ from ..errors import UsageError
 from ..upload import DEFAULT_CONCURRENCY, DEFAULT_MERGE_GAP, UploadOptions, UploadResult, upload
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, emit, fail, run
+from ._common import EXIT_NOT_READY, emit, run
+from ._dest import Destination, destination_options, quiet_sdk_logs
 
 _UNITS = {"": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20}
 
@@ -92,28 +92,10 @@ class _Bar:
         self._bar.close()
 
 
-def _quiet_sdk_logs() -> None:
-    # The SDK logs request URLs (which may carry a SAS) on warnings; vhdkit reports errors itself.
-    log = logging.getLogger("azure")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
-
-
 @main.command("upload")
 @click.argument("disk", type=click.Path(dir_okay=False))
-@click.argument("sas_url", required=False, metavar="[SAS_URL]")
 @click.option("--parent", type=click.Path(dir_okay=False), help="Parent of a differencing disk.")
-@click.option("--account-url", help="Blob endpoint, e.g. https://ACCOUNT.blob.core.windows.net "
-              "(Entra ID via DefaultAzureCredential unless --account-key).")
-@click.option("--account-key", envvar="AZURE_STORAGE_KEY", show_envvar=True,
-              help="Storage account key (never printed).")
-@click.option("--connection-string", help="Storage connection string "
-              "(default: $AZURE_STORAGE_CONNECTION_STRING when no other destination is given).")
-@click.option("--emulator", is_flag=False, flag_value="http://127.0.0.1:10000/devstoreaccount1",
-              default=None, metavar="[URL]", help="A local Azurite (well-known dev account).")
-@click.option("--container", help="Container (with --account-url, --connection-string, "
-              "--emulator).")
-@click.option("--blob", help="Blob name (default: the disk's file name, ending in .vhd).")
+@destination_options()
 @click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Concurrent Put Page requests.")
 @click.option("--merge-gap", callback=_gap, metavar="BYTES",
@@ -132,9 +114,7 @@ def _quiet_sdk_logs() -> None:
 @click.option("--expect", type=click.Choice(["generalized", "specialized"]),
               default="generalized", show_default=True,
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
-def upload_command(disk: str, sas_url: str | None, parent: str | None, account_url: str | None,
-                   account_key: str | None, connection_string: str | None, emulator: str | None,
-                   container: str | None, blob: str | None, concurrency: int,
+def upload_command(disk: str, parent: str | None, dest: Destination, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    resume: bool, md5: bool, verify: bool, as_json: bool, quiet: bool,
                    skip_preflight: bool, expect: str) -> None:
@@ -143,23 +123,14 @@ def upload_command(disk: str, sas_url: str | None, parent: str | None, account_u
     The destination is a SAS_URL (a blob or a managed disk from `az disk grant-access`), or
     --account-url / --connection-string / --emulator with --container and --blob.
     """
-    from ..upload.pageblob import PageBlob, Target
+    from ..upload.pageblob import PageBlob
 
-    _quiet_sdk_logs()
-    forms = [x for x in (sas_url, account_url, connection_string, emulator) if x is not None]
-    if len(forms) > 1:
-        fail("give one destination: a SAS URL, --account-url, --connection-string or --emulator")
-    if not forms and os.environ.get("AZURE_STORAGE_CONNECTION_STRING"):
-        connection_string = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
-        forms = [connection_string]
-    if not forms and not dry_run:
-        fail("no destination: give a SAS URL, --account-url, --connection-string or --emulator")
-    if blob is None and not sas_url:
-        base = os.path.splitext(os.path.basename(disk))[0]
-        blob = f"{base}.vhd"
-    target = Target(sas_url=sas_url, account_url=account_url, account_key=account_key,
-                    connection_string=connection_string, emulator=emulator,
-                    container=container, blob=blob)
+    quiet_sdk_logs()
+    where = run(lambda: dest.resolve(required=not dry_run))
+    name = None  # the blob name defaults to the disk's file name
+    if where is not None and where.blob is None and not where.sas_url:
+        name = f"{os.path.splitext(os.path.basename(disk))[0]}.vhd"
+    target = where.target(name) if where is not None else None
     opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, overwrite=overwrite,
                          resume=resume, md5=md5, verify=verify, dry_run=dry_run)
 
@@ -175,14 +146,14 @@ def upload_command(disk: str, sas_url: str | None, parent: str | None, account_u
                     click.echo(f"vhdkit: notice: virtual size {vdisk.size} rounded up to "
                                f"{view.virtual_size} (whole MiB)", err=True)
             _gate(view, skip_preflight, expect)
-            dest = PageBlob(target, concurrency) if forms else None
+            blob = PageBlob(target, concurrency) if target is not None else None
             bar = _Bar(view.stream_size, enabled=not quiet)
             try:
-                return upload(view, dest, opts, on_progress=bar)
+                return upload(view, blob, opts, on_progress=bar)
             finally:
                 bar.close()
-                if dest is not None:
-                    dest.close()
+                if blob is not None:
+                    blob.close()
 
     result = run(go)
     emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result, disk))

@@ -211,6 +211,15 @@ class PageBlob:
         """Create (or replace) the page blob, all zeros, with ``metadata``."""
         self._call("creating", lambda: self.client.create_page_blob(size, metadata=metadata))
 
+    def ensure_container(self) -> None:
+        """Create the blob's container unless it exists (not possible through a blob SAS)."""
+        container = self.client._get_container_client()  # the SDK's own way from blob to container
+        if not self._call("checking the container of", container.exists):
+            self._call("creating the container of", container.create_container)
+
+    def delete(self) -> None:
+        self._call("deleting", self.client.delete_blob)
+
     def set_metadata(self, metadata: dict[str, str]) -> None:
         self._call("writing metadata of", lambda: self.client.set_blob_metadata(metadata))
 

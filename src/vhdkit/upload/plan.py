@@ -22,7 +22,7 @@ from typing import Protocol
 
 from ..azure_view import AzureView
 from ..extents import SECTOR, Extent, align_to_sectors, merge, nonzero_runs, split, subtract
-from .types import MAX_WRITE, Write
+from .types import MAX_WRITE, Write, check_max_write
 
 KIB = 1024
 #: Starting merge gap, between the optima measured locally against Azurite with 8 writers:
@@ -157,10 +157,14 @@ class Planner:
     ``skip``: ranges already on the destination. ``hasher`` (any ``hashlib`` object) is fed the
     whole stream in order, zeros included, so Content-MD5 needs no second pass; with a hasher
     the skipped ranges are read too (they must be hashed), otherwise they are not read.
+    ``max_write``: the largest Put Page (``vhdkit bench`` sweeps it); a multiple of 512, at most
+    Azure's 4 MiB.
     """
 
     def __init__(self, view: AzureView, gap: GapPolicy, skip: list[Extent] | None = None,
-                 hasher: _Hasher | None = None) -> None:
+                 hasher: _Hasher | None = None, max_write: int = MAX_WRITE) -> None:
+        check_max_write(max_write)
+        self.max_write = max_write
         self.view = view
         self.gap = gap
         self.skip = _Ranges(align_to_sectors(skip or [], view.stream_size))
@@ -206,7 +210,7 @@ class Planner:
             gap = s - self._end
             if (self._parts and gap <= self.gap.current()
                     and not (gap and self.skip.hits(self._end, s))):
-                room = MAX_WRITE - (self._end - self._start) - gap
+                room = self.max_write - (self._end - self._start) - gap
                 if room >= SECTOR:
                     take = min(room, e - s)
                     if gap:
@@ -216,7 +220,7 @@ class Planner:
                     s += take
                     continue
             yield from self._flush()
-            take = min(MAX_WRITE, e - s)
+            take = min(self.max_write, e - s)
             self._start, self._end = s, s + take
             self._parts = [buf[s - base : s - base + take]]
             s += take

@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from ..errors import UploadError
+from ..errors import UploadError, UsageError
 from ..extents import Extent
 
 MIB = 1024 * 1024
 #: Azure's limit for one Put Page; Azurite accepts more, so vhdkit enforces it itself.
 MAX_WRITE = 4 * MIB
+
+
+def check_max_write(n: int) -> None:
+    """A Put Page size must be whole sectors and within Azure's limit."""
+    if not 0 < n <= MAX_WRITE or n % 512:
+        raise UsageError(f"maximum write {n} bytes: must be a multiple of 512 and at most "
+                         f"{MAX_WRITE // MIB} MiB")
 
 
 class Write(NamedTuple):

@@ -14,6 +14,7 @@ from ..extents import Extent
 from .engine import DEFAULT_CONCURRENCY, Engine, EngineStats, RetryPolicy
 from .plan import DEFAULT_MERGE_GAP, AdaptiveGap, FixedGap, GapPolicy, Planner
 from .resume import from_metadata, mismatch, source_info, to_metadata
+from .types import MAX_WRITE, check_max_write
 from .verify import VerifyResult, verify
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class UploadOptions:
     md5: bool = False
     verify: bool = False
     dry_run: bool = False
+    max_write: int = MAX_WRITE  # largest Put Page; smaller sizes are for ``vhdkit bench``
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -132,11 +134,12 @@ def upload(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
     """Upload ``view`` to ``blob`` (``blob`` may be None only for a dry run)."""
     if blob is None and not opts.dry_run:
         raise UploadError("no destination given")
+    check_max_write(opts.max_write)  # before _decide creates or clears anything
     mode, present = ("new", []) if blob is None else _decide(view, blob, opts)
     gap: GapPolicy = (AdaptiveGap(DEFAULT_MERGE_GAP) if opts.merge_gap is None
                       else FixedGap(opts.merge_gap))
     hasher = hashlib.md5() if opts.md5 and not opts.dry_run else None
-    planner = Planner(view, gap, present, hasher)
+    planner = Planner(view, gap, present, hasher, max_write=opts.max_write)
     pstats = planner.stats
 
     def report(es: EngineStats) -> None:

@@ -1,0 +1,148 @@
+"""``vhdkit bench``: upload synthetic (or real) disks over a sweep of settings and measure."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..bench.runner import BenchConfig, BenchResult, BenchRun, run_bench, short_size
+from ..bench.synthetic import parse_run_lengths
+from ..convert import parse_size
+from ..errors import UsageError
+from ..upload import DEFAULT_MERGE_GAP
+from . import main
+from ._common import emit, run
+from ._dest import Destination, destination_options, quiet_sdk_logs
+
+MIB = 1 << 20
+
+
+def _list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UsageError(f"{what}: give one or more values separated by commas")
+    return items
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _list(text, what))
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: expected whole numbers separated by commas") from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"data fraction {text!r}: expected a number in (0, 1]") from None
+
+
+def _config(size: str, shapes: tuple[str, ...], fraction: str, run_lengths: str,
+            disk: str | None, concurrency: str, max_write: str, merge_gap: str, repeat: str,
+            keep: bool, seed: int) -> BenchConfig:
+    """All options checked here, so bad input fails in one line before anything is sent."""
+    if not shapes:
+        shapes = ("disk",) if disk is not None else ("dense", "sparse")
+    return BenchConfig(
+        shapes=tuple(dict.fromkeys(shapes)), size=parse_size(size), fraction=_fraction(fraction),
+        run_lengths=parse_run_lengths(run_lengths), disk=disk,
+        concurrency=_ints(concurrency, "concurrency"),
+        max_write=tuple(parse_size(x) for x in _list(max_write, "max write")),
+        merge_gap=parse_size(merge_gap), repeat=_ints(repeat, "repeat")[0], keep=keep, seed=seed)
+
+
+def _mib_s(n: float) -> str:
+    return f"{n / MIB:.1f}"
+
+
+def render(result: BenchResult) -> str:
+    """An aligned table, one row per run."""
+    head = ["shape", "conc", "write", "seconds", "eff MiB/s", "raw MiB/s", "writes/s",
+            "retries", "CPU s/GB", "sent MiB", "planned MiB", "writes"]
+    rows = [[r.shape, str(r.concurrency), short_size(r.max_write), f"{r.seconds:.2f}",
+             _mib_s(r.effective_bytes_per_s), _mib_s(r.raw_bytes_per_s), f"{r.writes_per_s:.1f}",
+             str(r.retries), f"{r.cpu_seconds_per_gb:.2f}", _mib_s(r.bytes_sent),
+             _mib_s(r.bytes_planned), str(r.writes)] for r in result.runs]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    stream = result.runs[0].stream_size if result.runs else 0
+    m = result.machine
+    title = (f"vhdkit bench -> {result.destination}: {stream:,}-byte stream per run, "
+             f"{m['cpu_count']} CPUs, Python {m['python']}")
+    return "\n".join([title, line(head), *(line(r) for r in rows)])
+
+
+def _progress(r: BenchRun) -> None:
+    click.echo(f"bench: {r.shape} c={r.concurrency} w={short_size(r.max_write)}: "
+               f"{r.seconds:.2f} s, {_mib_s(r.effective_bytes_per_s)} MiB/s effective, "
+               f"{_mib_s(r.raw_bytes_per_s)} MiB/s sent", err=True)
+
+
+@main.command("bench")
+@destination_options(blob=False)
+@click.option("--size", default="1G", show_default=True, metavar="SIZE",
+              help="Virtual size of the synthetic disks (K, M, G; binary).")
+@click.option("--shape", "shapes", multiple=True, metavar="dense|sparse|disk",
+              help="Repeatable. dense: all data; sparse: --fraction of data in runs of "
+              "--run-lengths; disk: the image given with --disk. [default: dense and sparse, "
+              "or disk with --disk]")
+@click.option("--fraction", default="0.1", show_default=True, metavar="F",
+              help="Data fraction of a sparse disk.")
+@click.option("--run-lengths", default="4K-64K", show_default=True, metavar="MIN-MAX",
+              help="Lengths of a sparse disk's data runs (log-uniform).")
+@click.option("--disk", type=click.Path(dir_okay=False), help="A real disk image (any format "
+              "vhdkit reads) for --shape disk.")
+@click.option("--concurrency", default="1,4,8", show_default=True, metavar="N,N,...",
+              help="Concurrent Put Page requests to sweep.")
+@click.option("--max-write", default="4M", show_default=True, metavar="SIZE,SIZE,...",
+              help="Largest Put Page sizes to sweep (multiples of 512, at most 4M).")
+@click.option("--merge-gap", default=short_size(DEFAULT_MERGE_GAP), show_default=True,
+              metavar="BYTES", help="Zero gap merged into one write, fixed for the sweep so "
+              "that every run sends exactly its plan.")
+@click.option("--repeat", default="1", show_default=True, metavar="N", help="Runs per combination.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic data seed.")
+@click.option("--json", "as_json", is_flag=True, help="Results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Chart of throughput against concurrency (needs vhdkit[plot]).")
+@click.option("--keep", is_flag=True, help="Keep the blobs written (default: delete each).")
+@click.option("-q", "--quiet", is_flag=True, help="No line per run on stderr.")
+def bench_command(dest: Destination, size: str, shapes: tuple[str, ...], fraction: str,
+                  run_lengths: str, disk: str | None, concurrency: str, max_write: str,
+                  merge_gap: str, repeat: str, seed: int, as_json: bool, plot_path: str | None,
+                  keep: bool, quiet: bool) -> None:
+    """Measure upload speed for disk-shaped data.
+
+    Uploads synthetic disks generated on the fly (or a real one) to fresh blobs
+    vhdkit-bench-SHAPE-cN-wSIZE-RANDOM in --container (created if missing), for every
+    shape x concurrency x max write size, and reports wall time, effective throughput (stream
+    bytes/s), raw throughput (bytes sent/s), writes/s, retries and CPU seconds per GB of stream.
+    The destination is --emulator, --account-url, --connection-string or a container SAS_URL.
+    """
+    from ..bench.plot import plot, require_matplotlib
+    from ..bench.storage import BenchDestination
+
+    quiet_sdk_logs()
+
+    def prepare() -> tuple[BenchConfig, BenchDestination]:
+        config = _config(size, shapes, fraction, run_lengths, disk, concurrency, max_write,
+                         merge_gap, repeat, keep, seed)
+        where = dest.resolve(required=True)
+        assert where is not None
+        if where.sas_url is None and not where.container:
+            raise UsageError("--container is required with this destination")
+        if plot_path is not None:
+            require_matplotlib()
+        return config, BenchDestination(where.target())
+
+    config, target = run(prepare)
+    result = run(lambda: run_bench(config, target, None if quiet else _progress))
+    if plot_path is not None:
+        title = f"vhdkit bench: {short_size(config.size)} disks, {result.machine['cpu_count']} CPUs"
+        run(lambda: plot(result.runs, plot_path, title))
+    emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
