@@ -44,7 +44,8 @@ from fixtures.upload_disks import MIB, scattered_runs, write_runs  # noqa: E402
 from vhdkit.azure_view import AzureView, fixed_footer  # noqa: E402
 from vhdkit.disk import open_disk  # noqa: E402
 from vhdkit.upload import UploadOptions, upload  # noqa: E402
-from vhdkit.upload.pageblob import EMULATOR_ACCOUNT, EMULATOR_KEY, PageBlob, Target  # noqa: E402
+from vhdkit.upload.pageblob import EMULATOR_ACCOUNT, EMULATOR_KEY, PageBlob  # noqa: E402
+from vhdkit.upload.types import Target  # noqa: E402
 
 UPLINK_BPS = 100e6
 SDK_CHUNK = 4 * MIB  # upload_blob(PageBlob) sends every 4 MiB chunk that is not all zeros

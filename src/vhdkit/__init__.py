@@ -29,9 +29,10 @@ from .facts import inspect_path
 from .preflight.engine import preflight, preflight_path
 from .report import Finding, Report, render_json, render_junit, render_text
 from .upload import UploadOptions, UploadResult, upload
+from .upload.types import Target
 
 if TYPE_CHECKING:
-    from .upload.pageblob import PageBlob, Target
+    from .upload.pageblob import PageBlob
 
 __version__ = "0.1.0"
 
@@ -77,8 +78,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The Azure SDK takes a while to import: load the destination types only when asked for.
-    if name in ("PageBlob", "Target"):
-        from .upload import pageblob
+    if name == "PageBlob":
+        from .upload.pageblob import PageBlob
 
-        return getattr(pageblob, name)
+        return PageBlob
     raise AttributeError(f"module 'vhdkit' has no attribute {name!r}")

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..upload.pageblob import PageBlob, Target
+    from ..upload.pageblob import PageBlob
+    from ..upload.types import Target
 
 
 def _is_ip(host: str) -> bool:

@@ -11,9 +11,10 @@ from ..bench.synthetic import parse_run_lengths
 from ..convert import parse_size
 from ..errors import UsageError
 from ..upload import DEFAULT_MERGE_GAP
+from ..upload.types import Target
 from . import main
 from ._common import emit, run
-from ._dest import Destination, destination_options, quiet_sdk_logs
+from ._dest import destination_options, quiet_sdk_logs
 
 MIB = 1 << 20
 
@@ -112,7 +113,7 @@ def _progress(r: BenchRun) -> None:
               help="Chart of throughput against concurrency (needs vhdkit[plot]).")
 @click.option("--keep", is_flag=True, help="Keep the blobs written (default: delete each).")
 @click.option("-q", "--quiet", is_flag=True, help="No line per run on stderr.")
-def bench_command(dest: Destination, size: str, shapes: tuple[str, ...], fraction: str,
+def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: str,
                   run_lengths: str, disk: str | None, concurrency: str, max_write: str,
                   merge_gap: str, repeat: str, seed: int, as_json: bool, plot_path: str | None,
                   keep: bool, quiet: bool) -> None:
@@ -138,7 +139,7 @@ def bench_command(dest: Destination, size: str, shapes: tuple[str, ...], fractio
             raise UsageError("--container is required with this destination")
         if plot_path is not None:
             require_matplotlib()
-        return config, BenchDestination(where.target())
+        return config, BenchDestination(where)
 
     config, target = run(prepare)
     result = run(lambda: run_bench(config, target, None if quiet else _progress))

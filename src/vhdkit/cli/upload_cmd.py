@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -13,10 +14,11 @@ from ..azure_view import AzureView
 from ..disk import open_disk
 from ..errors import UsageError
 from ..upload import DEFAULT_CONCURRENCY, DEFAULT_MERGE_GAP, UploadOptions, UploadResult, upload
+from ..upload.types import Target
 from ..upload.uploader import Progress
 from . import main
 from ._common import EXIT_NOT_READY, emit, run
-from ._dest import Destination, destination_options, quiet_sdk_logs
+from ._dest import destination_options, quiet_sdk_logs
 
 _UNITS = {"": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20}
 
@@ -114,7 +116,7 @@ class _Bar:
 @click.option("--expect", type=click.Choice(["generalized", "specialized"]),
               default="generalized", show_default=True,
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
-def upload_command(disk: str, parent: str | None, dest: Destination, concurrency: int,
+def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    resume: bool, md5: bool, verify: bool, as_json: bool, quiet: bool,
                    skip_preflight: bool, expect: str) -> None:
@@ -127,10 +129,10 @@ def upload_command(disk: str, parent: str | None, dest: Destination, concurrency
 
     quiet_sdk_logs()
     where = run(lambda: dest.resolve(required=not dry_run))
-    name = None  # the blob name defaults to the disk's file name
+    target = where
     if where is not None and where.blob is None and not where.sas_url:
-        name = f"{os.path.splitext(os.path.basename(disk))[0]}.vhd"
-    target = where.target(name) if where is not None else None
+        # the blob name defaults to the disk's file name
+        target = replace(where, blob=f"{os.path.splitext(os.path.basename(disk))[0]}.vhd")
     opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, overwrite=overwrite,
                          resume=resume, md5=md5, verify=verify, dry_run=dry_run)
 

@@ -28,7 +28,7 @@ from azure.storage.blob import BlobClient, BlobType, ContentSettings
 from ..errors import UploadError
 from ..extents import Extent
 from ..secrets import redact
-from .types import TransientError
+from .types import Target, TransientError
 
 T = TypeVar("T")
 
@@ -41,30 +41,6 @@ CONNECT_TIMEOUT_S = 20
 READ_TIMEOUT_S = 120
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 CONTROL_ATTEMPTS = 5
-
-
-@dataclass
-class Target:
-    """Where to upload. Exactly one form: ``sas_url``; ``account_url`` (+ key or Entra ID);
-    ``connection_string``; or ``emulator`` (a URL, the dev account)."""
-
-    sas_url: str | None = None
-    account_url: str | None = None
-    account_key: str | None = None
-    connection_string: str | None = None
-    emulator: str | None = None
-    container: str | None = None
-    blob: str | None = None
-
-    @property
-    def is_sas(self) -> bool:
-        return self.sas_url is not None
-
-    def secrets(self) -> list[str]:
-        out = [self.account_key or "", self.connection_string or ""]
-        if self.sas_url:
-            out.append(urlsplit(self.sas_url).query)
-        return [s for s in out if s]
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 from ..errors import UploadError, UsageError
 from ..extents import Extent
@@ -50,3 +52,49 @@ class SourceInfo:
     mtime_ns: int
     fingerprint: str
     stream_size: int
+
+CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to upload. Exactly one form: ``sas_url``; ``account_url`` (+ key or Entra ID);
+    ``connection_string``; or ``emulator`` (a URL, the dev account). Holds secrets: never print."""
+
+    sas_url: str | None = None
+    account_url: str | None = None
+    account_key: str | None = None
+    connection_string: str | None = None
+    emulator: str | None = None
+    container: str | None = None
+    blob: str | None = None
+
+    @property
+    def is_sas(self) -> bool:
+        return self.sas_url is not None
+
+    def secrets(self) -> list[str]:
+        out = [self.account_key or "", self.connection_string or ""]
+        if self.sas_url:
+            out.append(urlsplit(self.sas_url).query)
+        return [s for s in out if s]
+
+    def forms(self) -> list[str]:
+        return [x for x in (self.sas_url, self.account_url, self.connection_string, self.emulator)
+                if x is not None]
+
+    def resolve(self, *, required: bool) -> Target | None:
+        """Exactly one destination form, or $AZURE_STORAGE_CONNECTION_STRING when none is
+        given; None when there is none and ``required`` is false (a dry run)."""
+        forms = self.forms()
+        if len(forms) > 1:
+            raise UsageError("give one destination: a SAS URL, --account-url, "
+                             "--connection-string or --emulator")
+        if not forms and os.environ.get(CONNECTION_STRING_ENV):
+            return replace(self, connection_string=os.environ[CONNECTION_STRING_ENV])
+        if not forms:
+            if required:
+                raise UsageError("no destination: give a SAS URL, --account-url, "
+                                 "--connection-string or --emulator")
+            return None
+        return self
