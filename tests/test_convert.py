@@ -4,6 +4,7 @@ refusals; crash safety of the copy and of the in-place repair; progress display.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import os
 import pty
@@ -141,7 +142,8 @@ def test_explicit_parent(tmp_path: Path) -> None:
 
 def test_verify_detects_a_corrupted_output(images: dict[str, Image], tmp_path: Path) -> None:
     """The digest comparison is real: flip a byte between writing and verifying."""
-    import vhdkit.convert as conv
+    # the module, not the `vhdkit.convert` function the package re-exports under that name
+    conv = importlib.import_module("vhdkit.convert")
 
     img = images["raw-holes"]
     real = conv._write_temp
