@@ -246,3 +246,13 @@ def test_random_mbr_tables(entries: list[tuple[int, int, int, int]]) -> None:
                            for s, t, lba, n in entries])
     report = preflight(BytesDisk(buf))
     assert all(f.id for f in report.findings)
+
+
+def test_libbde_confirms_bitlocker_through_the_file_view() -> None:
+    from vhdkit.preflight.volumes import _libbde_signature
+
+    buf = _gpt_disk(PARTS)
+    buf[2048 * 512 + 3:2048 * 512 + 11] = b"-FVE-FS-"
+    vols = scan_volumes(BytesDisk(buf)).volumes
+    assert _libbde_signature(vols[0].file) is True  # libbde reads through the FileView
+    assert _libbde_signature(vols[1].file) is False

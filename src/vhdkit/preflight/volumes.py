@@ -295,11 +295,22 @@ def _gpt_volumes(disk: VirtualDisk, hdr: Any, table: bytes,
 
 def detect_encryption(f: FileView) -> str | None:
     head = f.read_at(0, 16)
-    if head[3:11] == b"-FVE-FS-":
+    if head[3:11] == b"-FVE-FS-" or _libbde_signature(f):
         return "bitlocker"
     if head[:6] == b"LUKS\xba\xbe":
         return "luks"
     return None
+
+
+def _libbde_signature(f: FileView) -> bool:
+    """libbde's own check, which also knows the BitLocker To Go and Vista layouts."""
+    import pybde
+
+    try:
+        f.seek(0)
+        return bool(pybde.check_volume_signature_file_object(f))
+    except (OSError, ValueError, TypeError):  # a volume libbde cannot read is not BitLocker
+        return False
 
 
 def has_lvm_label(f: FileView) -> bool:
