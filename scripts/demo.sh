@@ -56,7 +56,7 @@ expect 0 check "$FIXED"
 if [ -n "${VHDKIT_AZURITE_BLOB_URL:-}" ]; then
     step "8. Upload the original straight from the dynamic VHD (converted on the fly) to Azurite"
     expect 0 upload "$SAMPLE" --emulator "$VHDKIT_AZURITE_BLOB_URL" --container demo \
-        --blob sample.vhd --verify --md5
+        --blob sample.vhd --create-container --verify --md5
     step "9. Upload again: the blob already holds everything, so nothing is resent"
     expect 0 upload "$SAMPLE" --emulator "$VHDKIT_AZURITE_BLOB_URL" --container demo \
         --blob sample.vhd

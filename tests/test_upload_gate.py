@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from cli_helpers import vhdkit
 from fixtures import linux_disks
@@ -56,3 +56,22 @@ def test_generalized_disk_passes_the_gate(
     code, _, err = vhdkit(*args(disks["generalized-gpt"], azurite_url, container))
     assert code == 0, err
     assert blobs(container) == ["os.vhd"]
+
+
+def test_create_container(disks: dict[str, Path], azurite_url: str,
+                          blob_service: BlobServiceClient) -> None:
+    name = "made-by-upload"
+    base = ["upload", str(disks["generalized-gpt"]), "--emulator", azurite_url,
+            "--container", name, "--blob", "os.vhd", "-q"]
+    code, _, err = vhdkit(*base)
+    assert code == 2 and f"container '{name}' does not exist" in err
+    try:
+        code, _, err = vhdkit(*base, "--create-container")
+        assert code == 0, err
+        assert [b.name for b in blob_service.get_container_client(name).list_blobs()] == [
+            "os.vhd"]
+    finally:
+        blob_service.delete_container(name)
+    code, _, err = vhdkit("upload", str(disks["generalized-gpt"]),
+                          f"{azurite_url}/c/b.vhd?sv=x&sig=secret", "--create-container")
+    assert code == 2 and "--create-container needs" in err and "secret" not in err

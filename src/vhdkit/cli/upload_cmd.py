@@ -17,7 +17,7 @@ from ..upload import DEFAULT_CONCURRENCY, DEFAULT_MERGE_GAP, UploadOptions, Uplo
 from ..upload.types import Target
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, emit, run
+from ._common import EXIT_NOT_READY, emit, fail, run
 from ._dest import destination_options, quiet_sdk_logs
 
 _UNITS = {"": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20}
@@ -106,6 +106,8 @@ class _Bar:
 @click.option("--dry-run", is_flag=True, help="Print the plan; send nothing.")
 @click.option("--no-resize", is_flag=True, help="Refuse a size that is not a whole MiB.")
 @click.option("--overwrite", is_flag=True, help="Replace a destination holding another source.")
+@click.option("--create-container", is_flag=True,
+              help="Create the container if it does not exist (not with a SAS URL).")
 @click.option("--resume", is_flag=True, help="Trust the destination's page ranges (needed for "
               "a SAS / managed disk, which keeps no metadata).")
 @click.option("--md5", is_flag=True, help="Set Content-MD5 of the whole stream at the end.")
@@ -118,8 +120,8 @@ class _Bar:
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
 def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
-                   resume: bool, md5: bool, verify: bool, as_json: bool, quiet: bool,
-                   skip_preflight: bool, expect: str) -> None:
+                   create_container: bool, resume: bool, md5: bool, verify: bool,
+                   as_json: bool, quiet: bool, skip_preflight: bool, expect: str) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
     The destination is a SAS_URL (a blob or a managed disk from `az disk grant-access`), or
@@ -129,6 +131,9 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
 
     quiet_sdk_logs()
     where = run(lambda: dest.resolve(required=not dry_run))
+    if create_container and where is not None and where.is_sas:
+        fail("--create-container needs --account-url, --connection-string or --emulator: "
+             "a SAS URL names an existing blob")
     target = where
     if where is not None and where.blob is None and not where.sas_url:
         # the blob name defaults to the disk's file name
@@ -149,6 +154,8 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                                f"{view.virtual_size} (whole MiB)", err=True)
             _gate(view, skip_preflight, expect)
             blob = PageBlob(target, concurrency) if target is not None else None
+            if blob is not None and create_container and not dry_run:
+                blob.ensure_container()
             bar = _Bar(view.stream_size, enabled=not quiet)
             try:
                 return upload(view, blob, opts, on_progress=bar)
