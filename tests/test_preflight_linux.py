@@ -296,3 +296,11 @@ def test_metadata_only_on_a_mostly_empty_2gib_disk(linux_dir: Path) -> None:
     print(f"\npreflight 2 GiB: {disk.bytes_read / MiB:.2f} MiB read in {disk.reads} reads, "
           f"{elapsed * 1000:.0f} ms")
     assert disk.bytes_read < 64 * MiB
+
+
+def test_cli_text_says_what_it_found(linux_dir: Path) -> None:
+    res = CliRunner().invoke(main, ["preflight", str(image(linux_dir, "generalized-lvm"))])
+    assert res.exit_code == 0, res.output
+    assert "found: Linux (" in res.output and "root on " in res.output
+    res = CliRunner().invoke(main, ["preflight", str(image(linux_dir, "data-disk"))])
+    assert "found: no OS (a data disk)" in res.output

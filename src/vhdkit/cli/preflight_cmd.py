@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -32,6 +33,21 @@ def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: 
     if junit:
         xml = render_junit(report, suite="vhdkit.preflight")
         write_text(junit, xml)
-    emit(render_json(report) if as_json else render_text(report, verbose=verbose))
+    emit(render_json(report) if as_json else f"{render_text(report, verbose=verbose)}\n"
+         f"{describe_os(report.facts)}")
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
 
+
+def describe_os(facts: dict[str, Any]) -> str:
+    """One line on what pre-flight found, so a READY verdict says what it judged."""
+    vols = facts.get("volumes") or []
+    fs = ", ".join(str(v.get("fstype") or "unknown") for v in vols)
+    disk = f"{facts.get('partition_table') or 'no partition table'}, {len(vols)} volume(s)"
+    disk += f": {fs}" if fs else ""
+    what = {"linux": "Linux", "windows": "Windows", "none": "no OS (a data disk)"}.get(
+        str(facts.get("os")), "OS unknown")
+    if facts.get("distro"):
+        what += f" ({facts['distro']})"
+    if facts.get("root"):
+        what += f", root on {facts['root']}"
+    return f"  found: {what}; {disk}"
