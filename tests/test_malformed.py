@@ -233,3 +233,25 @@ def test_no_permission(bases: dict[str, Path]) -> None:
         assert out == ""
     finally:
         shutil.rmtree(work)
+
+
+def test_bad_footer_version(copy: Callable[[str], Path]) -> None:
+    p = copy("fixed")
+    mutate.set_footer(p, version=0x00020000)
+    one_line_error(("inspect", str(p)), "footer.version", f"offset {size_of(p) - 512 + 12}",
+                   "found 0x00020000")
+    check_fails(p, "vhd.version")
+
+
+def test_extra_bat_entry_is_a_warning_and_still_reads(tmp_path: Path) -> None:
+    from fixtures.vhdbuild import build_dynamic
+
+    p = build_dynamic(tmp_path / "extra.vhd", 4 * MIB, 2 * MIB, {1: (None, b"\x42" * 512)},
+                      bat_entries=3)  # qemu before 5.0 wrote one entry too many
+    code, out, _ = vhdkit("inspect", str(p))
+    assert code == 0 and "warning: vhd.bat-entries" in out and "before 5.0" in out
+    with open_disk(p) as disk:
+        assert disk.read_at(2 * MIB, 512) == b"\x42" * 512
+    code, out, _ = vhdkit("check", "--json", str(p))
+    assert code == 1  # dynamic: convert first; the extra entry is reported as a warning
+    assert '"id": "vhd.bat-entries"' in out and '"severity": "warning"' in out
