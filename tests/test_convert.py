@@ -225,11 +225,12 @@ def test_refuses_size_smaller_than_data_and_not_whole_mib(images: dict[str, Imag
 
 
 def test_refuses_when_free_space_is_short(tmp_path: Path) -> None:
-    """A VHDX exposes no allocation map, so all of its size counts as data to write."""
+    """A sparse fixed VHDX whose BAT marks every block present: all of it counts as data."""
     st = os.statvfs(tmp_path)
     free = st.f_bavail * st.f_frsize
     size = round_up_mib(2 * free + 1024 * MIB)
-    src = qemu.create(tmp_path / "huge.vhdx", "vhdx", str(size))
+    src = qemu.create(tmp_path / "huge.vhdx", "vhdx", str(size), "subformat=fixed",
+                      "block_state_zero=off")
     dst = tmp_path / "o.vhd"
     code, _, stderr = cli("convert", src, dst)
     assert code == 2

@@ -128,3 +128,40 @@ def test_memory_stayed_bounded() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB"
     assert os.path.isdir(WORK)
+
+
+VHDX_PATH = WORK / "mut.vhdx"
+VHDX_BASE: bytes | None = None
+
+
+def _vhdx_base() -> bytes:
+    """The first 4 MiB of a small dynamic VHDX (headers, region table, BAT, metadata)."""
+    global VHDX_BASE
+    if VHDX_BASE is None:
+        from fixtures import qemu
+
+        qemu.create(VHDX_PATH, "vhdx", "64M", "block_size=1M")
+        qemu.write(VHDX_PATH, "vhdx", [(0, 4096, 1), (40 * 1024 * 1024, 4096, 2)])
+        with VHDX_PATH.open("rb") as fh:
+            VHDX_BASE = fh.read(4 * 1024 * KIB)
+    return VHDX_BASE
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.sampled_from([64 * KIB, 128 * KIB, 192 * KIB, 1024 * KIB,
+                                           2048 * KIB, 3072 * KIB]),
+                          st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=6))
+def test_mutated_vhdx_metadata_never_breaks_the_allocation_map(
+        muts: list[tuple[int, int, int]]) -> None:
+    from vhdkit.vhd.vhdx import vhdx_extents
+
+    base = _vhdx_base()
+    with VHDX_PATH.open("r+b") as fh:  # mutate in place, then restore the bytes
+        for at, off, val in muts:
+            os.pwrite(fh.fileno(), bytes([val]), at + off)
+        try:
+            ext = vhdx_extents(str(VHDX_PATH))
+        finally:
+            for at, off, _ in muts:
+                os.pwrite(fh.fileno(), base[at + off: at + off + 1], at + off)
+    assert ext is None or all(e.length > 0 for e in ext)

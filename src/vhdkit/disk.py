@@ -11,6 +11,7 @@ import abc
 import errno
 import os
 import stat
+import threading
 from collections import OrderedDict
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,7 @@ from .vhd.structs import (
     DiskType,
     Footer,
 )
+from .vhd.vhdx import vhdx_extents
 
 
 class VirtualDisk(abc.ABC):
@@ -200,6 +202,7 @@ class DynamicVhdDisk(VirtualDisk):
         self._bat = image.bat
         self._bitmap_size = image.bitmap_size
         self._runs: OrderedDict[int, list[tuple[int, int]]] = OrderedDict()
+        self._runs_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -216,10 +219,11 @@ class DynamicVhdDisk(VirtualDisk):
         """
         if block >= len(self._bat) or self._bat[block] == BAT_UNUSED:
             return []
-        cached = self._runs.get(block)
-        if cached is not None:
-            self._runs.move_to_end(block)
-            return cached
+        with self._runs_lock:  # readers on several threads share the cache
+            cached = self._runs.get(block)
+            if cached is not None:
+                self._runs.move_to_end(block)
+                return cached
         raw = os.pread(self.image.fd, self._bitmap_size, int(self._bat[block]) * SECTOR)
         bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: self._spb]
         if bits.all():
@@ -227,9 +231,10 @@ class DynamicVhdDisk(VirtualDisk):
         else:
             edges = np.flatnonzero(np.diff(bits.view(np.int8), prepend=0, append=0))
             runs = list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
-        self._runs[block] = runs
-        if len(self._runs) > _BITMAP_CACHE:
-            self._runs.popitem(last=False)
+        with self._runs_lock:
+            self._runs[block] = runs
+            if len(self._runs) > _BITMAP_CACHE:
+                self._runs.popitem(last=False)
         return runs
 
     def allocated_blocks(self) -> int:
@@ -288,7 +293,7 @@ class DynamicVhdDisk(VirtualDisk):
 
 
 class VhdxDisk(VirtualDisk):
-    """VHDX through libvhdi (pyvhdi). Its allocation map is not exposed: all of it may hold data."""
+    """VHDX through libvhdi (pyvhdi); the allocation map comes from vhd/vhdx.py."""
 
     kind = "vhdx"
 
@@ -297,6 +302,9 @@ class VhdxDisk(VirtualDisk):
 
         self.path = path
         self._f: Any = pyvhdi.file()
+        # A pyvhdi file object is not safe for concurrent reads (upload verifies and plans
+        # from several threads): one read at a time.
+        self._lock = threading.Lock()
         try:
             self._f.open(path)
             self._size = int(self._f.get_media_size())
@@ -308,11 +316,17 @@ class VhdxDisk(VirtualDisk):
         return self._size
 
     def extents(self) -> list[Extent]:
-        return [Extent(0, self._size)] if self._size else []
+        # libvhdi exposes no allocation map: read the BAT ourselves, or assume all may be data.
+        found = vhdx_extents(self.path)
+        if found is None:
+            return [Extent(0, self._size)] if self._size else []
+        return [Extent(e.start, min(e.end, self._size) - e.start)
+                for e in found if e.start < self._size]
 
     def _read(self, offset: int, length: int) -> bytes:
         try:
-            data = bytes(self._f.read_buffer_at_offset(length, offset))
+            with self._lock:
+                data = bytes(self._f.read_buffer_at_offset(length, offset))
         except (OSError, IOError) as exc:  # noqa: UP024
             raise FormatError("vhdx", offset, f"libvhdi read failed: {exc}") from exc
         if len(data) < length:
