@@ -305,6 +305,7 @@ class VhdxDisk(VirtualDisk):
         # A pyvhdi file object is not safe for concurrent reads (upload verifies and plans
         # from several threads): one read at a time.
         self._lock = threading.Lock()
+        self._extents: list[Extent] | None = None
         try:
             self._f.open(path)
             self._size = int(self._f.get_media_size())
@@ -316,12 +317,15 @@ class VhdxDisk(VirtualDisk):
         return self._size
 
     def extents(self) -> list[Extent]:
-        # libvhdi exposes no allocation map: read the BAT ourselves, or assume all may be data.
-        found = vhdx_extents(self.path)
-        if found is None:
-            return [Extent(0, self._size)] if self._size else []
-        return [Extent(e.start, min(e.end, self._size) - e.start)
-                for e in found if e.start < self._size]
+        # libvhdi exposes no allocation map: read the BAT ourselves (once), or assume all of the
+        # disk may hold data.
+        if self._extents is None:
+            found = vhdx_extents(self.path)
+            if found is None:
+                found = [Extent(0, self._size)] if self._size else []
+            self._extents = [Extent(e.start, min(e.end, self._size) - e.start)
+                             for e in found if e.start < self._size]
+        return list(self._extents)
 
     def _read(self, offset: int, length: int) -> bytes:
         try:

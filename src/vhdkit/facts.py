@@ -10,7 +10,7 @@ import os
 import uuid
 from typing import Any
 
-from .disk import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
+from .disk import DynamicVhdDisk, VirtualDisk, open_disk
 from .extents import total
 from .vhd.image import VhdImage
 from .vhd.structs import VHD_EPOCH, DiskType, Footer
@@ -108,6 +108,5 @@ def describe(disk: VirtualDisk) -> dict[str, Any]:
 
 def inspect_path(path: str, parent: str | None = None) -> dict[str, Any]:
     """Open ``path`` (strictly: a malformed image raises FormatError) and describe it."""
-    detect_format(path)  # raises the precise error for directories and unreadable files
     with open_disk(path, parent) as disk:
         return describe(disk)

@@ -250,27 +250,25 @@ def _services(system: Hive) -> Iterator[Finding]:
             yield _ok(rule, severity, f"service {name} is not disabled", ev)
 
 
-def _recommended(system: Hive) -> Iterator[Finding]:
-    key = r"CurrentControlSet\Services\partmgr\Parameters"
-    san = system.dword(key, "SanPolicy")
-    ev = f"{system.display(key, 'SanPolicy')} = {_shown(san)}"
-    if san == 1:
-        yield _ok("windows.san-policy", "warning", "SAN policy is Online All", ev)
-    else:
-        yield Finding("windows.san-policy", "warning",
-                      "SAN policy is not Online All (1): attached data disks may stay offline",
-                      ev, _reg_add(rf"{CCS}\Services\partmgr\Parameters", "SanPolicy", 1))
+def _dword_is_one(system: Hive, key: str, name: str, rule: str, ok: str,
+                  bad: str) -> Finding:
+    """A recommended setting that is right when the DWORD ``name`` under ``key`` is 1."""
+    value = system.dword(key, name)
+    ev = f"{system.display(key, name)} = {_shown(value)}"
+    if value == 1:
+        return _ok(rule, "warning", ok, ev)
+    full = CCS + key.removeprefix("CurrentControlSet")
+    return Finding(rule, "warning", bad, ev, _reg_add(full, name, 1))
 
-    key = r"CurrentControlSet\Control\TimeZoneInformation"
-    utc = system.dword(key, "RealTimeIsUniversal")
-    ev = f"{system.display(key, 'RealTimeIsUniversal')} = {_shown(utc)}"
-    if utc == 1:
-        yield _ok("windows.realtime-utc", "warning", "the hardware clock is read as UTC", ev)
-    else:
-        yield Finding("windows.realtime-utc", "warning",
-                      "RealTimeIsUniversal is not 1: the clock is off by the time zone offset",
-                      ev, _reg_add(rf"{CCS}\Control\TimeZoneInformation",
-                                   "RealTimeIsUniversal", 1))
+
+def _recommended(system: Hive) -> Iterator[Finding]:
+    yield _dword_is_one(system, r"CurrentControlSet\Services\partmgr\Parameters", "SanPolicy",
+                        "windows.san-policy", "SAN policy is Online All",
+                        "SAN policy is not Online All (1): attached data disks may stay offline")
+    yield _dword_is_one(system, r"CurrentControlSet\Control\TimeZoneInformation",
+                        "RealTimeIsUniversal", "windows.realtime-utc",
+                        "the hardware clock is read as UTC",
+                        "RealTimeIsUniversal is not 1: the clock is off by the time zone offset")
 
     agents = [n for n in ("WindowsAzureGuestAgent", "RdAgent")
               if system.has_key(rf"CurrentControlSet\Services\{n}")]
