@@ -222,7 +222,9 @@ METHOD = """\
   time, so single figures can be noisy by tens of percent; ratios are more stable than times.
 - Convert: `qemu-img convert` does not flush its output, while `vhdkit convert` fsyncs before
   its atomic rename; both ratios are shown (vs qemu-img alone and vs qemu-img followed by
-  `sync FILE`). Every vhdkit CLI time includes Python's start and imports (shown once).
+  `sync FILE`). Every vhdkit CLI time includes Python's start and imports (shown once). The
+  durable-write floor is the fastest this device makes the output's data regions durable
+  (O_DIRECT writes from memory, then fsync): no tool that flushes can go below it.
 - Upload: every method uses the same concurrency against the same Azurite (127.0.0.1 only);
   the uplink figures go through the test proxy (tests/faultproxy.py) capped at 100 Mbit/s, one
   run each (they take minutes and are bandwidth-bound). Each upload part gets a fresh
