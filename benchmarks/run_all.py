@@ -224,7 +224,9 @@ METHOD = """\
   its atomic rename; both ratios are shown (vs qemu-img alone and vs qemu-img followed by
   `sync FILE`). Every vhdkit CLI time includes Python's start and imports (shown once). The
   durable-write floor is the fastest this device makes the output's data regions durable
-  (O_DIRECT writes from memory, then fsync): no tool that flushes can go below it.
+  (O_DIRECT writes from memory by 4 threads, then fsync; no reading): no tool that flushes
+  its output can go below it, so a floor above qemu-img's best time puts qemu-img's unflushed
+  time out of reach of every such tool on this machine.
 - Upload: every method uses the same concurrency against the same Azurite (127.0.0.1 only);
   the uplink figures go through the test proxy (tests/faultproxy.py) capped at 100 Mbit/s, one
   run each (they take minutes and are bandwidth-bound). Each upload part gets a fresh
