@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import GIB, MIB, Goal, save_goals
-from vhdkit.disk import open_disk
+from vhdkit.formats import open_disk
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 from benchmarks.common import MIB, Goal, median_time, save_goals
 from fixtures import qemu
 from fixtures.linux_disks import VARIANTS, CountingDisk, build_linux
-from vhdkit.disk import open_disk
-from vhdkit.preflight.engine import preflight
+from vhdkit.formats import open_disk
+from vhdkit.preflight.engine import preflight_disk
 
 READ_GOAL = 64 * MIB
 TIME_GOAL = 1.0
@@ -86,7 +86,7 @@ def windows_images(work: Path) -> dict[str, Path]:
 def in_process(path: Path) -> tuple[int, int, str]:
     with open_disk(path) as base:
         disk = CountingDisk(base)
-        report = preflight(disk)
+        report = preflight_disk(disk)
     return disk.bytes_read, disk.reads, "ready" if report.ready else "not ready"
 
 

@@ -42,8 +42,8 @@ from faultproxy import FaultProxy, Faults  # type: ignore[import-untyped]  # noq
 from fixtures import qemu  # noqa: E402
 from fixtures.upload_disks import MIB, scattered_runs, write_runs  # noqa: E402
 from vhdkit.azure_view import AzureView, fixed_footer  # noqa: E402
-from vhdkit.disk import open_disk  # noqa: E402
-from vhdkit.upload import UploadOptions, upload  # noqa: E402
+from vhdkit.formats import open_disk  # noqa: E402
+from vhdkit.upload import UploadOptions, upload_view  # noqa: E402
 from vhdkit.upload.pageblob import EMULATOR_ACCOUNT, EMULATOR_KEY, PageBlob  # noqa: E402
 from vhdkit.upload.types import Target  # noqa: E402
 
@@ -78,7 +78,7 @@ def run_vhdkit(url: str, container: str, path: Path, conc: int,
     with open_disk(path) as disk:
         view = AzureView.of(disk)
         t = time.perf_counter()
-        r = upload(view, blob, UploadOptions(concurrency=conc, merge_gap=gap))
+        r = upload_view(view, blob, UploadOptions(concurrency=conc, merge_gap=gap))
         dt = time.perf_counter() - t
     blob.client.delete_blob()
     blob.close()

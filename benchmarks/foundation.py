@@ -18,9 +18,9 @@ import numpy as np
 from benchmarks.common import GIB, MIB, Goal, bytes_read, median_time, ratio, save_goals
 from fixtures.vhdbuild import build_dynamic, build_fixed
 from vhdkit.check import check_path
-from vhdkit.disk import open_disk
 from vhdkit.extents import nonzero_runs
 from vhdkit.facts import inspect_path
+from vhdkit.formats import open_disk
 
 SDK_CHUNK = 4 * MIB  # the SDK's page-blob chunk (max_page_size)
 SCAN_GOAL = 10e9

@@ -12,9 +12,9 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.common import GIB, MIB
 from benchmarks.foundation import sparse_dynamic
-from vhdkit.disk import open_disk
 from vhdkit.extents import nonzero_runs
-from vhdkit.vhd.structs import FOOTER_SIZE, Footer
+from vhdkit.formats import open_disk
+from vhdkit.formats.vhd_structs import FOOTER_SIZE, Footer
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,14 @@ from vhdkit.azure_view import AzureView
 from vhdkit.bench import SyntheticDisk, parse_run_lengths
 from vhdkit.errors import UsageError
 from vhdkit.extents import Extent, merge, nonzero_runs, total
-from vhdkit.upload import DEFAULT_MERGE_GAP, MAX_WRITE, FixedGap, Planner, UploadOptions, upload
+from vhdkit.upload import (
+    DEFAULT_MERGE_GAP,
+    MAX_WRITE,
+    FixedGap,
+    Planner,
+    UploadOptions,
+    upload_view,
+)
 
 MIB = 1 << 20
 SIZE = 64 * MIB
@@ -101,7 +108,7 @@ def test_sweep_plan_matches_an_independent_dry_run(sweep: dict[str, Any]) -> Non
         disk = SyntheticDisk(SIZE, r["shape"], 0.05, (4096, 65536), seed=0)
         view = AzureView.of(disk)
         opts = UploadOptions(merge_gap=DEFAULT_MERGE_GAP, max_write=r["max_write"], dry_run=True)
-        plan = upload(view, None, opts)
+        plan = upload_view(view, None, opts)
         assert r["bytes_planned"] == plan.bytes_sent
         assert r["writes"] == plan.writes
         if r["shape"] == "dense":
@@ -330,6 +337,6 @@ def test_max_write_bounds_every_write() -> None:
 def test_max_write_must_be_sectors_within_4mib(bad: int) -> None:
     view = AzureView.of(SyntheticDisk(MIB, "dense", seed=0))
     with pytest.raises(UsageError):
-        upload(view, None, UploadOptions(dry_run=True, max_write=bad))
+        upload_view(view, None, UploadOptions(dry_run=True, max_write=bad))
     with pytest.raises(UsageError):
         Planner(view, FixedGap(0), max_write=bad)

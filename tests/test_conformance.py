@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import conformance, qemu
-from vhdkit.disk import open_disk
 from vhdkit.extents import Extent, nonzero_runs, subtract
+from vhdkit.formats import open_disk
 
 CHUNK = 8 * 1024 * 1024
 

@@ -24,12 +24,13 @@ from fixtures import qemu, qemu_images, vhdbuild
 from fixtures.qemu_images import Image
 from vhdkit.azure_view import round_up_mib
 from vhdkit.cli import main
-from vhdkit.convert import CRASH_ENV, convert, journal_path, parse_size
-from vhdkit.disk import open_disk
+from vhdkit.convert import CRASH_ENV, convert_disk, journal_path
 from vhdkit.errors import UsageError
 from vhdkit.extents import Extent
+from vhdkit.formats import open_disk
+from vhdkit.formats.vhd_structs import FOOTER_SIZE, Footer
+from vhdkit.sizes import parse_size
 from vhdkit.sparse_io import SparseDigest, data_digest, scan
-from vhdkit.vhd.structs import FOOTER_SIZE, Footer
 
 MIB = 1024 * 1024
 SRC_DIR = str(Path(vhdkit.__file__).resolve().parent.parent)
@@ -159,7 +160,7 @@ def test_verify_detects_a_corrupted_output(images: dict[str, Image], tmp_path: P
     try:
         with pytest.raises(vhdkit.errors.ConvertError, match=r"verification failed: the output's "
                            r"data digest .* differs from the source's"):
-            convert(img.path, tmp_path / "o.vhd", verify=True)
+            convert_disk(img.path, tmp_path / "o.vhd", verify=True)
     finally:
         conv._write_temp = real  # type: ignore[assignment]
     assert os.listdir(tmp_path) == []
@@ -487,7 +488,7 @@ def test_library_call_with_open_disk_and_progress(images: dict[str, Image],
     img = images["dyn-512k"]
     seen: list[tuple[str, int, int]] = []
     with open_disk(img.path) as disk:
-        result = convert(disk, tmp_path / "o.vhd", 48 * MIB, verify=True,
+        result = convert_disk(disk, tmp_path / "o.vhd", 48 * MIB, verify=True,
                          progress=lambda *a: seen.append(a))
         assert disk.read_at(0, 4)  # the caller's disk stays open
     assert result.virtual_size == 48 * MIB and result.input_kind == "vhd-dynamic"
@@ -502,11 +503,11 @@ def test_library_call_with_open_disk_and_progress(images: dict[str, Image],
 def test_reads_without_preadv(images: dict[str, Image], monkeypatch: pytest.MonkeyPatch,
                               tmp_path: Path) -> None:
     """The pread fallback (platforms without preadv) converts to the same bytes."""
-    import vhdkit.disk
+    import vhdkit.formats.base
 
-    monkeypatch.setattr(vhdkit.disk, "_HAVE_PREADV", False)
+    monkeypatch.setattr(vhdkit.formats.base, "HAVE_PREADV", False)
     img = images["diff-chain"]
-    convert(img.path, tmp_path / "o.vhd")
+    convert_disk(img.path, tmp_path / "o.vhd")
     assert_same_content(img, tmp_path / "o.vhd")
 
 

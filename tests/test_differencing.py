@@ -13,9 +13,9 @@ import pytest
 
 from cli_helpers import vhdkit
 from fixtures.vhdbuild import KIB, MIB, build_dynamic, flatten
-from vhdkit.disk import open_disk
 from vhdkit.errors import ParentNotFound
 from vhdkit.extents import nonzero_runs, subtract
+from vhdkit.formats import open_disk
 
 SIZE = 8 * MIB + 3 * 512  # ends in a partial block
 BS = 512 * KIB

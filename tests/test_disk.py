@@ -8,9 +8,9 @@ from pathlib import Path
 
 from cli_helpers import vhdkit
 from fixtures.vhdbuild import MIB, build_fixed
-from vhdkit.disk import open_disk
 from vhdkit.extents import Extent, total
-from vhdkit.vhd.structs import FOOTER_SIZE, Footer
+from vhdkit.formats import open_disk
+from vhdkit.formats.vhd_structs import FOOTER_SIZE, Footer
 
 
 def test_raw_extents_follow_file_holes(tmp_path: Path) -> None:
@@ -106,6 +106,6 @@ def test_vhdx_extents_come_from_its_bat(tmp_path: Path) -> None:
     with dyn.open("r+b") as fh:
         fh.seek(192 * 1024)
         fh.write(b"XXXX")
-    from vhdkit.vhd.vhdx import vhdx_extents
+    from vhdkit.formats.vhdx_bat import vhdx_extents
 
     assert vhdx_extents(str(dyn)) is None

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures.vhdbuild import KIB, build_dynamic, build_fixed
-from vhdkit.disk import open_disk
 from vhdkit.errors import VhdkitError
-from vhdkit.vhd.structs import FOOTER_SIZE, HEADER_SIZE, DynamicHeader, Footer
+from vhdkit.formats import open_disk
+from vhdkit.formats.vhd_structs import FOOTER_SIZE, HEADER_SIZE, DynamicHeader, Footer
 
 WORK = Path(tempfile.mkdtemp(prefix="vhdkit-fuzz-"))
 DYN = build_dynamic(WORK / "base-dyn.vhd", 64 * KIB + 512, 4 * KIB,
@@ -153,7 +153,7 @@ def _vhdx_base() -> bytes:
                           st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=6))
 def test_mutated_vhdx_metadata_never_breaks_the_allocation_map(
         muts: list[tuple[int, int, int]]) -> None:
-    from vhdkit.vhd.vhdx import vhdx_extents
+    from vhdkit.formats.vhdx_bat import vhdx_extents
 
     base = _vhdx_base()
     with VHDX_PATH.open("r+b") as fh:  # mutate in place, then restore the bytes

@@ -14,8 +14,8 @@ import pytest
 
 from cli_helpers import vhdkit
 from fixtures import mutate, qemu
-from vhdkit.disk import open_disk
 from vhdkit.errors import FormatError
+from vhdkit.formats import open_disk
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

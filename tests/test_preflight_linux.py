@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from fixtures import linux_disks as ld
 from fixtures import qemu
 from vhdkit.cli import main
-from vhdkit.disk import open_disk
 from vhdkit.errors import PreflightError, UsageError
-from vhdkit.preflight import open_filesystem, preflight, probe_filesystem, scan_volumes
+from vhdkit.formats import open_disk
+from vhdkit.preflight import open_filesystem, preflight_disk, probe_filesystem, scan_volumes
 from vhdkit.preflight.initramfs import list_initramfs
 from vhdkit.report import Report
 
@@ -74,7 +74,7 @@ def image(linux_dir: Path, name: str) -> Path:
 
 def run_preflight(path: Path, expect: str = "generalized") -> Report:
     with open_disk(path) as disk:
-        return preflight(disk, expect)
+        return preflight_disk(disk, expect)
 
 
 def failing(report: Report, severity: str) -> set[str]:
@@ -149,7 +149,7 @@ def test_corrupt_root_filesystem_is_a_finding(linux_dir: Path) -> None:
         root = scan_volumes(base).volumes[0]
         # Keep the superblock (and its magic) but wreck group descriptors and inode tables.
         disk = ld.OverlayDisk(base, {root.offset + 2048: b"\xa5" * (4 * MiB)})
-        report = preflight(disk)
+        report = preflight_disk(disk)
     assert {f.id for f in report.problems} == {"fs.unreadable", "os.none"}
     bad = next(f for f in report.problems if f.id == "fs.unreadable")
     assert bad.evidence.startswith("ext4") and "fsck" in bad.fix
@@ -158,7 +158,7 @@ def test_corrupt_root_filesystem_is_a_finding(linux_dir: Path) -> None:
 def test_gpt_damaged_primary_still_judged(linux_dir: Path) -> None:
     with open_disk(image(linux_dir, "generalized-gpt")) as base:
         disk = ld.OverlayDisk(base, {512: b"EFI PARX"})
-        report = preflight(disk)
+        report = preflight_disk(disk)
     assert failing(report, "warning") == {"volume.gpt.primary-corrupt"}
     assert report.ready and report.facts["os"] == "linux"
 
@@ -290,7 +290,7 @@ def test_metadata_only_on_a_mostly_empty_2gib_disk(linux_dir: Path) -> None:
     with open_disk(path) as base:
         disk = ld.CountingDisk(base)
         t0 = time.perf_counter()
-        report = preflight(disk)
+        report = preflight_disk(disk)
         elapsed = time.perf_counter() - t0
     assert report.ready and disk.size == 2048 * MiB
     print(f"\npreflight 2 GiB: {disk.bytes_read / MiB:.2f} MiB read in {disk.reads} reads, "

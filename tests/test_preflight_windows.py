@@ -14,9 +14,9 @@ from click.testing import CliRunner, Result
 from fixtures import windows_disks as wd
 from fixtures.ntfs_image import make_ntfs
 from vhdkit.cli import main
-from vhdkit.disk import open_disk
 from vhdkit.errors import PreflightError, UsageError
-from vhdkit.preflight.engine import preflight
+from vhdkit.formats import open_disk
+from vhdkit.preflight.engine import preflight_disk
 from vhdkit.preflight.fileview import FileView
 from vhdkit.preflight.ntfs import NtfsFilesystem, open_ntfs
 from vhdkit.preflight.windows import parse_state_ini, windows_findings
@@ -298,7 +298,7 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
 @pytest.mark.parametrize("variant", sorted(DISK_ERRORS))
 def test_engine_on_every_container(disks: Disks, variant: str, container: str) -> None:
     with open_disk(disks.get(variant, container)) as disk:
-        report = preflight(disk)
+        report = preflight_disk(disk)
     assert {f.id for f in report.errors} == DISK_ERRORS[variant]
     assert report.ready == (not DISK_ERRORS[variant])
     assert report.facts["os"] == ("unknown" if variant == "bitlocker" else "windows")
@@ -306,15 +306,15 @@ def test_engine_on_every_container(disks: Disks, variant: str, container: str) -
 
 def test_engine_bitlocker_evidence(disks: Disks) -> None:
     with open_disk(disks.get("bitlocker")) as disk:
-        (enc,) = preflight(disk).errors
+        (enc,) = preflight_disk(disk).errors
     assert enc.evidence == "mbr partition 1 at offset 1048576: '-FVE-FS-' boot sector"
 
 
 def test_engine_expect_specialized(disks: Disks) -> None:
     with open_disk(disks.get("specialized", "vhd-dynamic")) as disk:
-        assert preflight(disk, "specialized").ready
+        assert preflight_disk(disk, "specialized").ready
     with open_disk(disks.get("generalized", "vhdx")) as disk:
-        assert [f.id for f in preflight(disk, "specialized").errors] == ["windows.specialized"]
+        assert [f.id for f in preflight_disk(disk, "specialized").errors] == ["windows.specialized"]
 
 
 def _cli(*args: str) -> Result:

@@ -15,6 +15,7 @@ import pytest
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 import vhdkit
+import vhdkit.cli
 from azurite_plugin import DEV_ACCOUNT, DEV_KEY
 from fixtures import linux_disks, qemu
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fixtures import qemu
-from vhdkit.vhd.structs import (
+from vhdkit.formats.vhd_structs import (
     FOOTER_SIZE,
     HEADER_SIZE,
     DynamicHeader,

@@ -22,8 +22,8 @@ from cli_helpers import vhdkit
 from faultproxy import FaultProxy, Faults
 from fixtures.upload_disks import MIB, every_64k_runs, input_kinds, write_runs
 from vhdkit.azure_view import AzureView
-from vhdkit.disk import open_disk
 from vhdkit.extents import Extent, merge, nonzero_runs, subtract, total
+from vhdkit.formats import open_disk
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ["raw", "vhd-fixed", "vhd-dynamic", "vhdx"]

@@ -9,8 +9,8 @@ import pytest
 
 from fixtures.upload_disks import KIB, MIB, write_runs
 from vhdkit.azure_view import AzureView
-from vhdkit.disk import open_disk
 from vhdkit.extents import Extent, merge, nonzero_runs, total
+from vhdkit.formats import open_disk
 from vhdkit.upload import MAX_WRITE, AdaptiveGap, FixedGap, Planner, RetryPolicy, Write
 
 

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures import linux_disks as ld
-from vhdkit.disk import VirtualDisk, open_disk
 from vhdkit.errors import VhdkitError
 from vhdkit.extents import Extent
-from vhdkit.preflight import FileView, preflight, probe_filesystem, scan_volumes
+from vhdkit.formats import VirtualDisk, open_disk
+from vhdkit.preflight import FileView, preflight_disk, probe_filesystem, scan_volumes
 from vhdkit.preflight.tables import GPT_HEADER, MBR, SECTOR, build_gpt, build_mbr
 
 MiB = 1 << 20
@@ -108,7 +108,7 @@ def test_gpt_both_headers_corrupt_is_an_error_finding() -> None:
     scan = scan_volumes(BytesDisk(buf))
     assert [(f.id, f.severity) for f in scan.findings] == [("volume.gpt.corrupt", "error")]
     assert scan.volumes == []
-    report = preflight(BytesDisk(buf))
+    report = preflight_disk(BytesDisk(buf))
     assert not report.ready
 
 
@@ -174,7 +174,7 @@ def test_bitlocker_and_luks_signatures() -> None:
     buf[4096 * 512:4096 * 512 + 6] = b"LUKS\xba\xbe"
     disk = BytesDisk(buf)
     assert [v.encryption for v in scan_volumes(disk).volumes] == ["bitlocker", "luks"]
-    report = preflight(disk)
+    report = preflight_disk(disk)
     enc = [f for f in report.findings if f.id == "volume.encrypted"]
     assert [f.severity for f in enc] == ["error", "error"]
     assert "-FVE-FS-" in enc[0].evidence and "LUKS" in enc[1].evidence
@@ -200,7 +200,7 @@ def test_whole_disk_filesystem_without_table(images: dict[str, Path], tmp_path: 
     with open_disk(tmp_path / "fs.img") as disk:
         scan = scan_volumes(disk)
         assert scan.scheme == "none" and [v.scheme for v in scan.volumes] == ["disk"]
-        report = preflight(disk)
+        report = preflight_disk(disk)
         assert report.ready and [f.id for f in report.problems] == ["os.none"]
 
 
@@ -228,7 +228,7 @@ def test_mutated_partition_tables_never_crash(base_disk: VirtualDisk, data: st.D
     disk = ld.OverlayDisk(base_disk, patches)
     t0 = time.monotonic()
     try:
-        report = preflight(disk)
+        report = preflight_disk(disk)
     except VhdkitError:
         return
     assert time.monotonic() - t0 < 10
@@ -244,7 +244,7 @@ def test_random_mbr_tables(entries: list[tuple[int, int, int, int]]) -> None:
     buf = bytearray(MiB)
     buf[:512] = build_mbr([{"status": s, "type": t, "lba_start": lba, "sectors": n}
                            for s, t, lba, n in entries])
-    report = preflight(BytesDisk(buf))
+    report = preflight_disk(BytesDisk(buf))
     assert all(f.id for f in report.findings)
 
 

@@ -3,39 +3,60 @@
 The public API (see the README's "Use it from Python"): open any disk image as a
 :class:`VirtualDisk`, take its :class:`AzureView` (the exact fixed-VHD stream Azure needs), and
 check, convert, pre-flight or upload it. Every error is a :class:`VhdkitError`.
+
+Names load on first use (PEP 562): ``import vhdkit`` costs nothing until a name is touched, so the
+CLI starts fast and the Azure SDK, numpy and the pre-flight readers load only where used.
+Public functions never share a name with a module: ``vhdkit.convert`` is the module,
+``vhdkit.convert_disk`` the function.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .azure_view import AzureView, round_up_mib
-from .check import check_path, check_view
-from .convert import ConvertResult, convert, convert_in_place, parse_size
-from .disk import VirtualDisk, detect_format, open_disk
-from .errors import (
-    ConvertError,
-    DiskIOError,
-    FormatError,
-    ParentNotFound,
-    PreflightError,
-    UnsupportedDisk,
-    UploadError,
-    UsageError,
-    VhdkitError,
-)
-from .extents import Extent, nonzero_runs
-from .facts import inspect_path
-from .preflight.engine import preflight, preflight_path
-from .report import Finding, Report, render_json, render_junit, render_text
-from .upload import UploadOptions, UploadResult, upload
-from .upload.types import Target
+__version__ = "0.2.0"
 
-if TYPE_CHECKING:
-    from .upload.pageblob import PageBlob
+#: public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "AzureView": "azure_view",
+    "round_up_mib": "azure_view",
+    "check_path": "check",
+    "check_view": "check",
+    "ConvertResult": "convert",
+    "convert_disk": "convert",
+    "convert_in_place": "convert",
+    "parse_size": "sizes",
+    "VirtualDisk": "formats",
+    "detect_format": "formats",
+    "open_disk": "formats",
+    "ConvertError": "errors",
+    "DiskIOError": "errors",
+    "FormatError": "errors",
+    "ParentNotFound": "errors",
+    "PreflightError": "errors",
+    "UnsupportedDisk": "errors",
+    "UploadError": "errors",
+    "UsageError": "errors",
+    "VhdkitError": "errors",
+    "Extent": "extents",
+    "nonzero_runs": "extents",
+    "inspect_path": "facts",
+    "preflight_disk": "preflight.engine",
+    "preflight_path": "preflight.engine",
+    "Finding": "report",
+    "Report": "report",
+    "render_json": "report",
+    "render_junit": "report",
+    "render_text": "report",
+    "UploadOptions": "upload.uploader",
+    "UploadResult": "upload.uploader",
+    "upload_view": "upload.uploader",
+    "Target": "upload.types",
+    "PageBlob": "upload.pageblob",
+}
 
-__version__ = "0.1.0"
-
+# A literal list, so linters and type checkers see the public names (test_api checks it).
 __all__ = [
     "AzureView",
     "ConvertError",
@@ -59,27 +80,57 @@ __all__ = [
     "__version__",
     "check_path",
     "check_view",
-    "convert",
+    "convert_disk",
     "convert_in_place",
     "detect_format",
     "inspect_path",
     "nonzero_runs",
     "open_disk",
     "parse_size",
-    "preflight",
+    "preflight_disk",
     "preflight_path",
     "render_json",
     "render_junit",
     "render_text",
     "round_up_mib",
-    "upload",
+    "upload_view",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The Azure SDK takes a while to import: load the destination types only when asked for.
-    if name == "PageBlob":
-        from .upload.pageblob import PageBlob
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vhdkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
 
-        return PageBlob
-    raise AttributeError(f"module 'vhdkit' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .azure_view import AzureView, round_up_mib
+    from .check import check_path, check_view
+    from .convert import ConvertResult, convert_disk, convert_in_place
+    from .errors import (
+        ConvertError,
+        DiskIOError,
+        FormatError,
+        ParentNotFound,
+        PreflightError,
+        UnsupportedDisk,
+        UploadError,
+        UsageError,
+        VhdkitError,
+    )
+    from .extents import Extent, nonzero_runs
+    from .facts import inspect_path
+    from .formats import VirtualDisk, detect_format, open_disk
+    from .preflight.engine import preflight_disk, preflight_path
+    from .report import Finding, Report, render_json, render_junit, render_text
+    from .sizes import parse_size
+    from .upload.pageblob import PageBlob
+    from .upload.types import Target
+    from .upload.uploader import UploadOptions, UploadResult, upload_view

@@ -12,10 +12,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from .disk import VirtualDisk, vhd_footer
 from .errors import UsageError
 from .extents import Extent, merge
-from .vhd.structs import (
+from .formats import VirtualDisk, vhd_footer
+from .formats.vhd_structs import (
     FEATURE_RESERVED,
     FOOTER_COOKIE,
     FOOTER_SIZE,

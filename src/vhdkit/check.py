@@ -7,11 +7,11 @@ import os
 import shlex
 
 from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up_mib
-from .disk import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
 from .errors import FormatError, ParentNotFound
+from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
+from .formats.vhd_image import VhdImage
+from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 from .report import Finding, Report, Severity
-from .vhd.image import VhdImage
-from .vhd.structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 
 GIB = 1024**3
 #: Azure's limit for an OS disk (Generation 1 VMs can use at most 2 TiB of it: MBR).

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import signal
 import stat
@@ -25,9 +24,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .azure_view import AzureView, fixed_footer
-from .disk import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
-from .errors import ConvertError, DiskIOError, UsageError
+from .errors import ConvertError, DiskIOError
 from .extents import Extent, align_to_sectors, total
+from .formats import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
+from .formats.vhd_structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
 from .report import Report
 from .sparse_io import (
     CHUNK,
@@ -38,7 +38,6 @@ from .sparse_io import (
     pwrite_all,
     scan,
 )
-from .vhd.structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
 
 CRASH_ENV = "VHDKIT_TEST_CRASH_AT"
 CRASH_POINTS = ("after-data", "after-footer", "before-rename", "after-rename",
@@ -172,7 +171,7 @@ def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | None,
     return open_disk(src, parent), True
 
 
-def convert(
+def convert_disk(
     src: VirtualDisk | str | os.PathLike[str],
     dst: str | os.PathLike[str],
     size: int | None = None,
@@ -448,18 +447,5 @@ def _in_place_result(path: str, kind: str, old: int, new: int, started: float, r
         recovered=recovered, unchanged=unchanged)
 
 
-_SIZE_RE = re.compile(r"(\d+)\s*(?:([KMGT])(?:I?B)?)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """Bytes from '1024', '512M', '512MiB', '10G', '10GiB', '1T' (binary units; 'MB' = MiB)."""
-    m = _SIZE_RE.fullmatch(text.strip().replace("_", ""))
-    if m is None:
-        raise UsageError(f"invalid size {text!r}: use bytes or a number with K, M, G or T "
-                         "(binary: 10G = 10 GiB)")
-    unit = (m.group(2) or "").upper()
-    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-
-
-__all__ = ["ConvertResult", "clean_stale_temporaries", "convert", "convert_in_place",
-           "journal_path", "parse_size"]
+__all__ = ["ConvertResult", "clean_stale_temporaries", "convert_disk", "convert_in_place",
+           "journal_path"]

@@ -10,10 +10,10 @@ import os
 import uuid
 from typing import Any
 
-from .disk import DynamicVhdDisk, VirtualDisk, open_disk
 from .extents import total
-from .vhd.image import VhdImage
-from .vhd.structs import VHD_EPOCH, DiskType, Footer
+from .formats import DynamicVhdDisk, VirtualDisk, open_disk
+from .formats.vhd_image import VhdImage
+from .formats.vhd_structs import VHD_EPOCH, DiskType, Footer
 
 SCHEMA_VERSION = 1
 

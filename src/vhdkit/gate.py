@@ -6,7 +6,7 @@ from __future__ import annotations
 from .azure_view import AzureView
 from .check import check_view
 from .errors import VhdkitError
-from .preflight.engine import preflight
+from .preflight.engine import preflight_disk
 from .report import Finding, Report
 
 
@@ -16,7 +16,7 @@ def upload_gate(view: AzureView, *, expect: str = "generalized",
     report = check_view(view)
     if run_preflight:
         try:
-            report.extend(preflight(view.disk, expect).findings)
+            report.extend(preflight_disk(view.disk, expect).findings)
         except VhdkitError as exc:
             report.extend([Finding("preflight.unreadable", "error",
                                    f"cannot inspect the OS inside: {exc}",

@@ -11,8 +11,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
-from .disk import VirtualDisk
 from .extents import Extent, align_to_sectors, nonzero_runs, split
+from .formats import VirtualDisk
 
 MIB = 1024 * 1024
 #: Bytes read per request. Large enough to amortise Python overhead, small enough for low RSS.

@@ -20,9 +20,9 @@ from typing import Any
 
 from .. import __version__
 from ..azure_view import AzureView
-from ..disk import VirtualDisk, open_disk
 from ..errors import UploadError, UsageError
-from ..upload import DEFAULT_MERGE_GAP, UploadOptions, upload
+from ..formats import VirtualDisk, open_disk
+from ..upload import DEFAULT_MERGE_GAP, UploadOptions, upload_view
 from ..upload.types import MAX_WRITE, check_max_write
 from .storage import BenchDestination
 from .synthetic import SHAPES, SyntheticDisk
@@ -146,7 +146,7 @@ def _cpu() -> float:
 def plan_bytes(view: AzureView, config: BenchConfig, max_write: int) -> int:
     """What a dry run of the same plan says must be sent."""
     opts = UploadOptions(merge_gap=config.merge_gap, max_write=max_write, dry_run=True)
-    return upload(view, None, opts).bytes_sent
+    return upload_view(view, None, opts).bytes_sent
 
 
 def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape: str,
@@ -159,7 +159,7 @@ def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape:
         dest.prepare(blob, view.stream_size)
         cpu0, t0 = _cpu(), time.perf_counter()
         try:
-            result = upload(view, blob, opts)
+            result = upload_view(view, blob, opts)
         except UploadError as exc:
             # The upload's own advice (rerun to resume) does not apply: the blob is deleted.
             inner = exc.__cause__ if isinstance(exc.__cause__, UploadError) else exc

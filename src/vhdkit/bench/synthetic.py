@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..disk import VirtualDisk
 from ..errors import UsageError
 from ..extents import SECTOR, Extent, merge
+from ..formats import VirtualDisk
 
 POOL = 8 * 1024 * 1024
 BLOCK = 4 * 1024 * 1024  # the pool holds POOL + BLOCK bytes: any slice fits
@@ -21,7 +21,7 @@ SHAPES = ("dense", "sparse")
 
 def parse_run_lengths(text: str) -> tuple[int, int]:
     """'4K-64K' -> (4096, 65536): the run-length range of a sparse disk's data runs."""
-    from ..convert import parse_size
+    from ..sizes import parse_size
 
     lo_s, sep, hi_s = text.partition("-")
     lo = parse_size(lo_s)

@@ -8,8 +8,8 @@ import click
 
 from ..bench.runner import BenchConfig, BenchResult, BenchRun, run_bench, short_size
 from ..bench.synthetic import parse_run_lengths
-from ..convert import parse_size
 from ..errors import UsageError
+from ..sizes import parse_size
 from ..upload import DEFAULT_MERGE_GAP
 from ..upload.types import Target
 from . import main

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from ..convert import ConvertResult, Progress, convert, convert_in_place, parse_size
+from ..convert import ConvertResult, Progress, convert_disk, convert_in_place
 from ..errors import UsageError, VhdkitError
 from ..report import render_text
+from ..sizes import parse_size
 from . import main
 from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
 
@@ -116,7 +117,7 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
             return convert_in_place(src, size)
         if dst is None:
             raise UsageError("missing DST: vhdkit convert SRC DST (or --in-place DISK)")
-        return convert(src, dst, size, force=force, verify=verify, parent=parent,
+        return convert_disk(src, dst, size, force=force, verify=verify, parent=parent,
                        progress=progress)
 
     try:

@@ -11,9 +11,15 @@ from typing import Any
 import click
 
 from ..azure_view import AzureView
-from ..disk import open_disk
 from ..errors import UsageError
-from ..upload import DEFAULT_CONCURRENCY, DEFAULT_MERGE_GAP, UploadOptions, UploadResult, upload
+from ..formats import open_disk
+from ..upload import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MERGE_GAP,
+    UploadOptions,
+    UploadResult,
+    upload_view,
+)
 from ..upload.types import Target
 from ..upload.uploader import Progress
 from . import main
@@ -158,7 +164,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                 blob.ensure_container()
             bar = _Bar(view.stream_size, enabled=not quiet)
             try:
-                return upload(view, blob, opts, on_progress=bar)
+                return upload_view(view, blob, opts, on_progress=bar)
             finally:
                 bar.close()
                 if blob is not None:

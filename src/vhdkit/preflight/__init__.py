@@ -6,7 +6,7 @@ linux / windows rules. Nothing is mounted and nothing runs as root.
 
 from __future__ import annotations
 
-from .engine import preflight
+from .engine import preflight_disk
 from .fileview import FileView
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
 from .volumes import Volume, VolumeScan, scan_volumes
@@ -18,7 +18,7 @@ __all__ = [
     "Volume",
     "VolumeScan",
     "open_filesystem",
-    "preflight",
+    "preflight_disk",
     "probe_filesystem",
     "scan_volumes",
 ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..disk import VirtualDisk, open_disk
 from ..errors import PreflightError, UsageError
+from ..formats import VirtualDisk, open_disk
 from ..report import Finding, Report
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
 from .linux import LinuxContext, linux_findings
@@ -29,10 +29,10 @@ class Opened:
 def preflight_path(path: str, parent: str | None = None, expect: str = "generalized") -> Report:
     """Open the image at ``path`` (any format vhdkit reads) and run :func:`preflight` on it."""
     with open_disk(path, parent) as disk:
-        return preflight(disk, expect)
+        return preflight_disk(disk, expect)
 
 
-def preflight(disk: VirtualDisk, expect: str = "generalized") -> Report:
+def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
     """Inspect the OS inside ``disk`` offline and judge whether Azure can provision it."""
     if expect not in EXPECTATIONS:
         raise UsageError(f"--expect must be one of {', '.join(EXPECTATIONS)}, not {expect!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from ..disk import VirtualDisk
+from ..formats import VirtualDisk
 
 
 class FileView:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import construct
 
-from ..disk import VirtualDisk
+from ..formats import VirtualDisk
 from ..report import Finding
 from .fileview import FileView
 from .tables import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .engine import DEFAULT_CONCURRENCY, RetryPolicy
 from .plan import DEFAULT_MERGE_GAP, AdaptiveGap, FixedGap, Planner
 from .types import MAX_WRITE, Write
-from .uploader import Progress, UploadOptions, UploadResult, upload
+from .uploader import Progress, UploadOptions, UploadResult, upload_view
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -23,5 +23,5 @@ __all__ = [
     "UploadOptions",
     "UploadResult",
     "Write",
-    "upload",
+    "upload_view",
 ]

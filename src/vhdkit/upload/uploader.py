@@ -129,7 +129,7 @@ def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions) -> tuple[str, 
     return "overwritten", []
 
 
-def upload(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
+def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
            on_progress: Callable[[Progress], None] | None = None) -> UploadResult:
     """Upload ``view`` to ``blob`` (``blob`` may be None only for a dry run)."""
     if blob is None and not opts.dry_run:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from .structs import (
+from .vhd_structs import (
     BAT_UNUSED,
     FOOTER_COOKIE,
     FOOTER_OFFSETS,

@@ -1,0 +1,97 @@
+"""``open_disk``: detect a file's container and open it, with its chain of parents."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import FormatError, ParentNotFound, UnsupportedDisk
+from .base import VirtualDisk, open_fd
+from .detect import BY_KEY, detect, refusal
+from .raw import RawDisk
+from .vhd import open_vhd_disk
+from .vhdx import VhdxDisk
+
+MAX_PARENT_DEPTH = 32
+
+
+class ChainContext:
+    """What a reader needs to open the next disk of its chain (parent, backing file)."""
+
+    def __init__(self, strict: bool, depth: int) -> None:
+        self.strict = strict
+        self.depth = depth
+
+    def open_parent(self, path: str, fmt: str | None = None) -> VirtualDisk:
+        return _open(path, None, fmt, self.strict, self.depth + 1)
+
+
+#: A reader: (path, fd it owns from the call on, also when it fails, file size, explicit parent,
+#: chain context).
+Reader = Callable[[str, int, int, "str | None", ChainContext], VirtualDisk]
+
+
+def _raw(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    if size == 0:
+        os.close(fd)
+        raise FormatError("file", 0, "empty file (0 bytes)")
+    return RawDisk(path, fd, size)
+
+
+def _vhd(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    return open_vhd_disk(path, fd, size, parent=parent, strict=ctx.strict,
+                         open_parent=ctx.open_parent)
+
+
+def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    os.close(fd)  # libvhdi opens the file itself
+    return VhdxDisk(path)
+
+
+READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx}
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The reader key for a file ("raw", "vhd", ...); refuses containers vhdkit does not read."""
+    p = os.fspath(path)
+    fd, size = open_fd(p)
+    try:
+        return detect(fd, size, p)
+    finally:
+        os.close(fd)
+
+
+def open_disk(
+    path: str | os.PathLike[str],
+    parent: str | os.PathLike[str] | None = None,
+    *,
+    format: str | None = None,
+    strict: bool = True,
+) -> VirtualDisk:
+    """Open any supported disk image as a :class:`VirtualDisk`.
+
+    ``format`` forces a reader ('raw', 'vhd', 'vhdx', ...) instead of detecting it. ``parent``
+    names the parent of a differencing disk explicitly; otherwise it is found through the parent
+    locators, relative to the child. ``strict=False`` records recoverable defects on
+    ``disk.image.anomalies`` instead of raising (used by ``check``).
+    """
+    return _open(os.fspath(path), None if parent is None else os.fspath(parent), format, strict, 0)
+
+
+def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: int) -> VirtualDisk:
+    if depth > MAX_PARENT_DEPTH:
+        raise ParentNotFound(f"{path}: parent chain deeper than {MAX_PARENT_DEPTH} (a loop?)")
+    if fmt is not None and fmt not in READERS:
+        sig = BY_KEY.get(fmt)
+        if sig is not None:
+            raise refusal(path, sig)
+        raise UnsupportedDisk(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})")
+    fd, size = open_fd(path)
+    try:
+        kind = fmt or detect(fd, size, path)
+        reader = READERS[kind]
+    except BaseException:
+        os.close(fd)
+        raise
+    # The reader owns the fd from here on, also when it fails.
+    return reader(path, fd, size, parent, ChainContext(strict, depth))

@@ -1,0 +1,214 @@
+"""VHD readers: fixed (a raw data area), dynamic and differencing (BAT and sector bitmaps)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ParentNotFound
+from ..extents import SECTOR, Extent, merge
+from .base import VirtualDisk, pread_into, zero_fill
+from .raw import RawDisk
+from .vhd_image import VhdImage, open_vhd
+from .vhd_structs import BAT_UNUSED, DiskType, Footer
+
+_BITMAP_CACHE = 256
+
+
+class FixedVhdDisk(RawDisk):
+    kind = "vhd-fixed"
+
+    def __init__(self, image: VhdImage) -> None:
+        super().__init__(image.path, image.fd, image.size, image.data_end)
+        self.image = image
+
+    def close(self) -> None:
+        self.image.close()
+        self._fd = -1
+
+
+class DynamicVhdDisk(VirtualDisk):
+    """Dynamic and differencing VHDs. A differencing disk reads absent sectors from its parent."""
+
+    def __init__(self, image: VhdImage, parent: VirtualDisk | None = None) -> None:
+        assert image.header is not None and image.bat is not None
+        self.image = image
+        self.path = image.path
+        self.parent = parent
+        diff = image.disk_type == DiskType.DIFFERENCING
+        self.kind = "vhd-differencing" if diff else "vhd-dynamic"
+        self._bs = image.header.block_size
+        self._spb = self._bs // SECTOR
+        self._bat = image.bat
+        self._bitmap_size = image.bitmap_size
+        self._runs: OrderedDict[int, list[tuple[int, int]]] = OrderedDict()
+        self._runs_lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.image.size
+
+    @property
+    def block_size(self) -> int:
+        return self._bs
+
+    def chain(self) -> list[VirtualDisk]:
+        return [self, *(self.parent.chain() if self.parent is not None else [])]
+
+    def _present(self, block: int) -> list[tuple[int, int]]:
+        """Sector runs ``(first, end)`` of a block marked present in its bitmap; [] if unallocated.
+
+        Bit order is most-significant first (sector 0 is bit 7 of byte 0). Cached per block.
+        """
+        if block >= len(self._bat) or self._bat[block] == BAT_UNUSED:
+            return []
+        with self._runs_lock:  # readers on several threads share the cache
+            cached = self._runs.get(block)
+            if cached is not None:
+                self._runs.move_to_end(block)
+                return cached
+        raw = os.pread(self.image.fd, self._bitmap_size, int(self._bat[block]) * SECTOR)
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: self._spb]
+        if bits.all():
+            runs = [(0, self._spb)]
+        else:
+            edges = np.flatnonzero(np.diff(bits.view(np.int8), prepend=0, append=0))
+            runs = list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+        with self._runs_lock:
+            self._runs[block] = runs
+            if len(self._runs) > _BITMAP_CACHE:
+                self._runs.popitem(last=False)
+        return runs
+
+    def allocated_blocks(self) -> int:
+        return int(np.count_nonzero(self._bat != BAT_UNUSED))
+
+    def extents(self) -> list[Extent]:
+        out: list[Extent] = []
+        for block in np.flatnonzero(self._bat != BAT_UNUSED).tolist():
+            base = block * self._bs
+            out.extend(Extent(base + s * SECTOR, (e - s) * SECTOR) for s, e in self._present(block))
+        if self.parent is not None:
+            out.extend(self.parent.extents())
+        size = self.size
+        return [Extent(e.start, min(e.end, size) - e.start) for e in merge(out) if e.start < size]
+
+    def _read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        self.read_into(offset, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        length = len(buf)
+        limit = max(0, min(length, self.size - offset))
+        zero_fill(buf[limit:])
+        end = offset + limit
+        pos = offset
+        while pos < end:
+            block = pos // self._bs
+            bstart = block * self._bs
+            hi = min(end, bstart + self._bs)
+            cursor = pos  # next byte not yet filled from the child
+            for s, e in self._present(block):
+                rs, re = max(pos, bstart + s * SECTOR), min(hi, bstart + e * SECTOR)
+                if rs >= re:
+                    continue
+                if cursor < rs:
+                    self._fill_parent(buf, offset, cursor, rs)
+                src = int(self._bat[block]) * SECTOR + self._bitmap_size + (rs - bstart)
+                pread_into(self.image.fd, buf[rs - offset : re - offset], src)
+                cursor = re
+            if cursor < hi:
+                self._fill_parent(buf, offset, cursor, hi)
+            pos = hi
+
+    def _fill_parent(self, buf: memoryview, base: int, start: int, end: int) -> None:
+        part = buf[start - base : end - base]
+        if self.parent is None:
+            zero_fill(part)  # absent sectors of a dynamic disk read as zeros
+        else:
+            self.parent.read_into(start, part)
+
+    def close(self) -> None:
+        self.image.close()
+        if self.parent is not None:
+            self.parent.close()
+
+
+#: Opens a parent disk by path (the chain opener of formats/opener.py: depth, loops, identity).
+OpenParent = Callable[[str], VirtualDisk]
+
+
+def open_vhd_disk(path: str, fd: int, size: int, *, parent: str | None, strict: bool,
+                  open_parent: OpenParent) -> VirtualDisk:
+    """A VHD of any type; takes ownership of ``fd`` (closed when this fails)."""
+    try:
+        image = open_vhd(path, fd, size, strict=strict)
+    except BaseException:
+        os.close(fd)
+        raise
+    if image.disk_type == DiskType.FIXED:
+        return FixedVhdDisk(image)
+    try:
+        par = None
+        if image.disk_type == DiskType.DIFFERENCING:
+            par = _open_parent(image, parent, open_parent)
+        return DynamicVhdDisk(image, par)
+    except BaseException:
+        image.close()
+        raise
+
+
+def parent_candidates(image: VhdImage) -> list[str]:
+    """Where the parent may be: locators (relative first), then its name beside the child."""
+    assert image.header is not None
+    here = os.path.dirname(os.path.abspath(image.path))
+    out: list[str] = []
+    order = {"W2ru": 0, "Wi2r": 1, "W2ku": 2, "Wi2k": 3, "MacX": 4, "Mac ": 5}
+    for loc in sorted(image.locators, key=lambda x: order.get(x.platform_code, 9)):
+        text = loc.path.replace("\\", "/")
+        if loc.platform_code in ("W2ru", "Wi2r"):
+            out.append(os.path.normpath(os.path.join(here, text)))
+        elif text.startswith("/"):
+            out.append(text)
+        # An absolute Windows path ("C:/disks/parent.vhd") rarely exists here; try its name.
+        out.append(os.path.join(here, os.path.basename(text)))
+    name = image.header.parent_name_text.replace("\\", "/")
+    if name:
+        out.append(os.path.join(here, os.path.basename(name)))
+    return list(dict.fromkeys(out))
+
+
+def _open_parent(image: VhdImage, parent: str | None, open_parent: OpenParent) -> VirtualDisk:
+    assert image.header is not None
+    tried = [parent] if parent else parent_candidates(image)
+    found = next((p for p in tried if os.path.isfile(p)), None)
+    if found is None:
+        shown = ", ".join(tried) or "no parent locators"
+        raise ParentNotFound(f"{image.path}: parent disk not found (tried {shown}); "
+                             "give it with --parent PATH")
+    disk = open_parent(found)
+    want = image.header.parent_unique_id
+    got = _unique_id(disk)
+    if got is not None and got != want:
+        disk.close()
+        raise ParentNotFound(f"{image.path}: parent {found} has unique id {got.hex()}, "
+                             f"the child expects {want.hex()}")
+    return disk
+
+
+def _unique_id(disk: VirtualDisk) -> bytes | None:
+    image = getattr(disk, "image", None)
+    if isinstance(image, VhdImage):
+        return image.footer.unique_id
+    return None
+
+
+def vhd_footer(disk: VirtualDisk) -> Footer | None:
+    """The footer of a VHD-backed disk, else None."""
+    image = getattr(disk, "image", None)
+    return image.footer if isinstance(image, VhdImage) else None

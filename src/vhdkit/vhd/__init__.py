@@ -1,1 +1,0 @@
-"""The VHD format layer: declarations (structs) and the reader (image)."""
