@@ -16,14 +16,39 @@ MAX_PARENT_DEPTH = 32
 
 
 class ChainContext:
-    """What a reader needs to open the next disk of its chain (parent, backing file)."""
+    """What a reader needs to open the next disk of its chain (parent, backing file, extent).
 
-    def __init__(self, strict: bool, depth: int) -> None:
+    Every reader goes through it, so the chain rules hold for every format: a reference found
+    inside a disk never leaves the child's directory tree (``resolve``), a chain never visits the
+    same file twice and never grows past ``MAX_PARENT_DEPTH`` (``open_parent``). A parent the
+    user names explicitly (``--parent``) is handed to the reader as ``parent`` and skips
+    ``resolve``; the reader still checks its identity (VHD unique id, VMDK CID, ...).
+    """
+
+    def __init__(self, strict: bool, depth: int, seen: frozenset[tuple[int, int]]) -> None:
         self.strict = strict
         self.depth = depth
+        self.seen = seen
+
+    def resolve(self, child: str, reference: str) -> str:
+        """The path a reference stored in ``child`` names, relative to the child's directory.
+
+        Refuses (ParentNotFound) a reference that leaves the child's directory tree, absolute or
+        through ``..`` or a symbolic link: a disk received from someone else must not make vhdkit
+        read other files of this machine.
+        """
+        here = os.path.dirname(os.path.realpath(child))
+        target = os.path.realpath(os.path.join(here, reference))
+        if os.path.commonpath([here, target]) != here:
+            raise ParentNotFound(
+                f"{child}: refers to {reference!r}, outside the disk's directory {here}; "
+                "vhdkit follows references only inside it (name the file with --parent if you "
+                "trust it)")
+        return target
 
     def open_parent(self, path: str, fmt: str | None = None) -> VirtualDisk:
-        return _open(path, None, fmt, self.strict, self.depth + 1)
+        """Open the next disk of the chain (depth and loops checked)."""
+        return _open(path, None, fmt, self.strict, self.depth + 1, self.seen)
 
 
 #: A reader: (path, fd it owns from the call on, also when it fails, file size, explicit parent,
@@ -75,12 +100,14 @@ def open_disk(
     locators, relative to the child. ``strict=False`` records recoverable defects on
     ``disk.image.anomalies`` instead of raising (used by ``check``).
     """
-    return _open(os.fspath(path), None if parent is None else os.fspath(parent), format, strict, 0)
+    return _open(os.fspath(path), None if parent is None else os.fspath(parent), format, strict, 0,
+                 frozenset())
 
 
-def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: int) -> VirtualDisk:
+def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: int,
+          seen: frozenset[tuple[int, int]]) -> VirtualDisk:
     if depth > MAX_PARENT_DEPTH:
-        raise ParentNotFound(f"{path}: parent chain deeper than {MAX_PARENT_DEPTH} (a loop?)")
+        raise ParentNotFound(f"{path}: parent chain deeper than {MAX_PARENT_DEPTH} disks")
     if fmt is not None and fmt not in READERS:
         sig = BY_KEY.get(fmt)
         if sig is not None:
@@ -88,10 +115,14 @@ def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: i
         raise UnsupportedDisk(f"unknown format {fmt!r} (known: {', '.join(sorted(READERS))})")
     fd, size = open_fd(path)
     try:
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        if ident in seen:
+            raise ParentNotFound(f"{path}: the chain of parents loops back to this file")
         kind = fmt or detect(fd, size, path)
         reader = READERS[kind]
     except BaseException:
         os.close(fd)
         raise
     # The reader owns the fd from here on, also when it fails.
-    return reader(path, fd, size, parent, ChainContext(strict, depth))
+    return reader(path, fd, size, parent, ChainContext(strict, depth, seen | {ident}))
