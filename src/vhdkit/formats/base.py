@@ -6,6 +6,7 @@ import abc
 import os
 import stat
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -16,9 +17,15 @@ from ..extents import Extent
 class VirtualDisk(abc.ABC):
     """A read-only virtual disk. Subclasses implement ``_read`` and ``extents``."""
 
-    #: short container name: raw, vhd-fixed, vhd-dynamic, vhd-differencing, vhdx, ...
+    #: short container name: raw, vhd-fixed, vhd-dynamic, vhd-differencing, vhdx, qcow2, ...
     kind: str = "raw"
     path: str = ""
+
+    def facts(self) -> dict[str, Any]:
+        """Format-specific facts for ``inspect`` (JSON-safe): at least ``format`` and, where the
+        container has one, ``subformat``; readers add what users need to know (cluster size,
+        backing file, snapshots, dirty/corrupt flags, ...)."""
+        return {"format": self.kind, "subformat": None}
 
     @property
     @abc.abstractmethod
