@@ -84,7 +84,7 @@ def test_readme_commands_run_with_the_promised_exit_codes(workdir: Path, azurite
         assert "Traceback" not in res.stderr
     # every subcommand of the CLI is shown in the README
     shown = {c.split()[1] for c, _ in cmds}
-    assert shown >= set(vhdkit.cli.main.commands), set(vhdkit.cli.main.commands) - shown
+    assert shown >= set(vhdkit.cli.COMMANDS), set(vhdkit.cli.COMMANDS) - shown
     # the managed-disk upload really filled the pre-created disk
     blob = blob_service.get_blob_client("disks", "mydisk")
     assert any(not r.cleared for r in blob.list_page_ranges()), "no pages on the managed disk"

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-import numpy as np
-
 SECTOR = 512
 
 
@@ -103,6 +101,8 @@ def nonzero_runs(buf: bytes | bytearray | memoryview, base: int = 0) -> list[Ext
         raise ValueError("buffer length must be a multiple of 512")
     if n == 0:
         return []
+    import numpy as np  # only where data is scanned: other commands start faster
+
     words = np.frombuffer(buf, dtype=np.uint64).reshape(-1, SECTOR // 8)
     # A bitwise-OR reduction per sector runs at memory bandwidth (any(axis=1) is ~2x slower:
     # it converts to booleans first); run edges then come from one diff over the flags.

@@ -1,21 +1,44 @@
 """The ``vhdkit`` command. The cli package is the only place that prints or exits.
 
 Each command lives in its own module and registers itself on :data:`main`; errors from the
-library become one-line messages with exit code 2 (see ``_common.run``).
+library become one-line messages with exit code 2 (see ``_common.run``). A command's module is
+imported only when that command runs (or when help lists them all), so ``vhdkit --version`` and
+``vhdkit check`` do not pay for the Azure SDK, numpy or the pre-flight readers.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from .. import __version__
 
+#: command name -> module (in this package) that defines it
+COMMANDS = {
+    "bench": "bench_cmd",
+    "check": "check_cmd",
+    "convert": "convert_cmd",
+    "inspect": "inspect_cmd",
+    "preflight": "preflight_cmd",
+    "upload": "upload_cmd",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands load on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f".{module}", __name__)  # registers itself on ``main``
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vhdkit")
 def main() -> None:
     """Get disk images ready for Azure: inspect, check, convert, pre-flight, upload, bench."""
-
-
-# Command modules register themselves on ``main`` when imported.
-from . import commands  # noqa: E402,F401

@@ -8,7 +8,7 @@ import click
 
 from ..check import check_path
 from ..errors import VhdkitError
-from ..preflight.engine import EXPECTATIONS, preflight_path
+from ..expectations import EXPECTATIONS
 from ..report import Finding, Report, render_json, render_junit, render_text
 from . import main
 from ._common import EXIT_NOT_READY, EXIT_OK, emit, run, write_text
@@ -32,6 +32,8 @@ def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: st
     def body() -> Report:
         report = check_path(disk, os_disk=os_disk, parent=parent)
         if with_preflight:
+            from ..preflight.engine import preflight_path  # loads the OS readers
+
             try:
                 report.extend(preflight_path(disk, parent, expect).findings)
             except VhdkitError as exc:  # the format findings already say what is wrong

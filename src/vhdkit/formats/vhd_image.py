@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from .vhd_structs import (
@@ -29,6 +27,9 @@ from .vhd_structs import (
     Footer,
     parse_bat,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: A parent locator holds a path; anything longer than this is not a path.
 MAX_LOCATOR_BYTES = 64 * 1024
@@ -253,6 +254,8 @@ def _read_dynamic(img: VhdImage, note: Any) -> None:
 
 def _check_blocks(img: VhdImage, bat: np.ndarray[Any, np.dtype[np.uint32]], note: Any) -> None:
     """Blocks must lie inside the file, after the metadata, and must not overlap."""
+    import numpy as np
+
     assert img.header is not None
     toff = img.header.table_offset
     span = img.bitmap_size + img.header.block_size

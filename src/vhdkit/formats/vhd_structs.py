@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import construct as cs
-import numpy as np
 
 from ..errors import FormatError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FOOTER_SIZE = 512
 HEADER_SIZE = 1024
@@ -123,6 +125,8 @@ def bat_struct(entries: int) -> cs.Construct:
 
 def parse_bat(raw: bytes) -> np.ndarray[Any, np.dtype[np.uint32]]:
     """Parse BAT bytes; equivalent to ``bat_struct(n).parse`` but vectorised for large tables."""
+    import numpy as np
+
     return np.frombuffer(raw, dtype=">u4").astype(np.uint32)
 
 

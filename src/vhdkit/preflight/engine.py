@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PreflightError, UsageError
+from ..expectations import EXPECTATIONS
 from ..formats import VirtualDisk, open_disk
 from ..report import Finding, Report
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
@@ -12,7 +13,6 @@ from .linux import LinuxContext, linux_findings
 from .mounts import MountTree, matches, parse_fstab
 from .volumes import Volume, scan_volumes
 
-EXPECTATIONS = ("generalized", "specialized")
 READABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "vfat"})
 NOT_FILESYSTEMS = frozenset({"swap", "lvm2-pv"})
 WINDOWS_MARKER = "/Windows/System32/config/SYSTEM"
