@@ -33,10 +33,9 @@ from .sparse_io import (
     CHUNK,
     Flusher,
     SparseDigest,
+    copy_nonzero,
     data_digest,
     fsync_dir,
-    pwrite_all,
-    scan,
 )
 
 CRASH_ENV = "VHDKIT_TEST_CRASH_AT"
@@ -250,15 +249,15 @@ def _write_temp(view: AzureView, extents: list[Extent], tmp: str, chunk: int, wa
             if progress is not None:
                 progress("convert", done, todo)
 
-        written = 0
         flusher = Flusher(fd)
+
+        def wrote(run: Extent, data: memoryview) -> None:
+            if digest is not None:
+                digest.update(run.start, data)
+            flusher.wrote(run.end)
+
         try:
-            for run, data in scan(view.disk, extents, chunk, tick):
-                pwrite_all(fd, data, run.start)
-                written += run.length
-                if digest is not None:
-                    digest.update(run.start, data)
-                flusher.wrote(run.end)
+            written = copy_nonzero(view.disk, extents, fd, chunk, tick, wrote)
         finally:
             flusher.stop()
         _crash_point("after-data")

@@ -43,6 +43,52 @@ class SparseDigest:
 PREFETCH = 2
 
 
+class _Chunks:
+    """Reads ``extents`` in ``chunk``-sized pieces on a reader thread, into a ring of buffers.
+
+    Iterating yields ``(piece, buf)``; a buffer goes back to the ring only when ``release(buf)``
+    is called, so a later stage (a writer thread) may keep it until it is done with it. Memory
+    stays at ``(prefetch + 1) * chunk``.
+    """
+
+    def __init__(self, disk: VirtualDisk, extents: list[Extent], chunk: int, prefetch: int):
+        self.free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(prefetch + 1):
+            self.free.put(memoryview(bytearray(chunk)))
+        self.ready: queue.Queue[tuple[Extent, memoryview] | BaseException | None] = queue.Queue()
+        self.stop = threading.Event()
+        self.disk, self.extents, self.chunk = disk, extents, chunk
+        self.thread = threading.Thread(target=self._read, name="vhdkit-read", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for piece in split(self.extents, self.chunk):
+                buf = self.free.get()
+                if self.stop.is_set():
+                    return
+                # zeros past the disk's end: sector padding of an odd-sized raw image
+                self.disk.read_into(piece.start, buf[: piece.length])
+                self.ready.put((piece, buf))
+            self.ready.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self.ready.put(exc)
+
+    def __iter__(self) -> Iterator[tuple[Extent, memoryview]]:
+        while (item := self.ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def release(self, buf: memoryview) -> None:
+        self.free.put(buf)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.free.put(memoryview(bytearray(0)))  # wake the reader if it waits for a buffer
+        self.thread.join()
+
+
 def scan(disk: VirtualDisk, extents: list[Extent], chunk: int = CHUNK,
          progress: Callable[[int], None] | None = None, prefetch: int = PREFETCH,
          ) -> Iterator[tuple[Extent, memoryview]]:
@@ -57,38 +103,64 @@ def scan(disk: VirtualDisk, extents: list[Extent], chunk: int = CHUNK,
         for piece in split(extents, chunk):
             yield from _runs(disk, piece, whole, progress, read=True)
         return
-    free: queue.Queue[memoryview] = queue.Queue()
-    for _ in range(prefetch + 1):
-        free.put(memoryview(bytearray(chunk)))
-    ready: queue.Queue[tuple[Extent, memoryview] | BaseException | None] = queue.Queue()
-    stop = threading.Event()
+    chunks = _Chunks(disk, extents, chunk, prefetch)
+    try:
+        for piece, buf in chunks:
+            yield from _runs(disk, piece, buf, progress, read=False)
+            chunks.release(buf)
+    finally:
+        chunks.close()
 
-    def reader() -> None:
-        try:
-            for piece in split(extents, chunk):
-                buf = free.get()
-                if stop.is_set():
-                    return
-                # zeros past the disk's end: sector padding of an odd-sized raw image
-                disk.read_into(piece.start, buf[: piece.length])
-                ready.put((piece, buf))
-            ready.put(None)
-        except BaseException as exc:  # handed to the consumer, raised there
-            ready.put(exc)
 
-    thread = threading.Thread(target=reader, name="vhdkit-read", daemon=True)
+def copy_nonzero(disk: VirtualDisk, extents: list[Extent], fd: int, chunk: int = CHUNK,
+                 progress: Callable[[int], None] | None = None,
+                 on_run: Callable[[Extent, memoryview], None] | None = None,
+                 prefetch: int = PREFETCH + 1) -> int:
+    """Write every non-zero sector run of ``extents`` to ``fd`` at the same offset; returns the
+    bytes written. ``on_run`` sees each run after it was written, in ascending order (digests,
+    flush-behind).
+
+    Three stages overlap, each on its own thread: reading, scanning (the caller's thread) and
+    writing. pread, numpy and pwrite all release the GIL, so the copy runs at the speed of the
+    slowest stage instead of the sum of the three.
+    """
+    chunks = _Chunks(disk, extents, chunk, prefetch)
+    jobs: queue.Queue[tuple[memoryview, Extent, list[Extent]] | None] = queue.Queue()
+    failed: list[BaseException] = []
+    written = 0
+
+    def writer() -> None:
+        nonlocal written
+        while (job := jobs.get()) is not None:
+            buf, piece, runs = job
+            try:
+                if not failed:
+                    for run in runs:
+                        data = buf[run.start - piece.start : run.end - piece.start]
+                        pwrite_all(fd, data, run.start)
+                        written += run.length
+                        if on_run is not None:
+                            on_run(run, data)
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+            chunks.release(buf)
+
+    thread = threading.Thread(target=writer, name="vhdkit-write", daemon=True)
     thread.start()
     try:
-        while (item := ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            piece, buf = item
-            yield from _runs(disk, piece, buf, progress, read=False)
-            free.put(buf)
+        for piece, buf in chunks:
+            if failed:
+                break
+            jobs.put((buf, piece, nonzero_runs(buf[: piece.length], piece.start)))
+            if progress is not None:
+                progress(piece.length)
     finally:
-        stop.set()
-        free.put(memoryview(bytearray(0)))  # wake the reader if it waits for a buffer
+        jobs.put(None)
         thread.join()
+        chunks.close()
+    if failed:
+        raise failed[0]
+    return written
 
 
 def _runs(disk: VirtualDisk, piece: Extent, buf: memoryview,
