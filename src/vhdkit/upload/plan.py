@@ -14,7 +14,9 @@ the requests the engine measures; :class:`FixedGap` is ``--merge-gap``.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,59 +62,110 @@ class FixedGap:
 
 
 class AdaptiveGap:
-    """The break-even gap ``a / b`` from the latencies of the requests the engine measures.
+    """The break-even gap ``a / b`` from the requests the engine completes.
 
-    A least-squares fit of ``latency = a' + b * bytes`` over the last ``window`` requests gives
-    the byte cost ``b``. With ``C`` requests in flight on a saturated server or link, a request
-    also waits for the other ``C - 1`` (their fixed costs and bytes), so the intercept is
-    ``a' = a + (C - 1) * (a + b * mean_bytes)`` and the fixed cost of one more request is
-    ``a = (a' - (C - 1) * b * mean_bytes) / C``. Refitted every ``every`` samples, smoothed,
-    clamped to [4 KiB, 2 MiB]. Samples of one size (dense 4 MiB writes) cannot separate ``a``
-    from ``b``; the gap then stays where it is.
+    A request costs the bottleneck (the server or the link) a fixed time ``a`` plus ``b`` per
+    byte; sending a zero gap of ``g`` bytes instead of opening another request pays when
+    ``g * b < a``. The model is fitted on *service* times, not latencies: with ``C`` requests in
+    flight a request's latency is mostly waiting for the others (queueing), which made a fit of
+    latency against size move the gap by 100x between runs on the same input. The spacing of
+    completions is the bottleneck's time per request, without the queue: ``a + b * bytes``.
+
+    Robust all the way: the slope is a median of pairwise slopes (Theil-Sen), the intercept the
+    median residual, the gap follows the median of the last ``history`` estimates (three at
+    least) on a few
+    candidate gaps (powers of two from 4 KiB to 2 MiB), one step (2x) per refit and only when that
+    median is at least 2x away (hysteresis). Samples of one size (dense 4 MiB writes) cannot
+    separate ``a`` from ``b``; the gap then stays where it is.
     """
 
     def __init__(self, initial: int = DEFAULT_MERGE_GAP, window: int = 256, every: int = 32,
-                 smoothing: float = 0.5) -> None:
+                 history: int = 5) -> None:
         self._gap = initial
-        self._samples: deque[tuple[int, float, int]] = deque(maxlen=window)
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._estimates: deque[float] = deque(maxlen=history)
         self._every = every
-        self._alpha = smoothing
         self._since = 0
+        self._last: float | None = None
         self._lock = threading.Lock()
-        self.fits = 0  # how many times the model moved the gap (reported, and used by tests)
+        self.fits = 0  # refits that produced an estimate (reported, and used by tests)
+        self.moves = 0  # times the gap changed
         self.request_s: float | None = None
         self.bytes_per_s: float | None = None
 
     def current(self) -> int:
         return self._gap
 
-    def observe(self, nbytes: int, seconds: float, in_flight: int = 1) -> None:
+    def observe(self, nbytes: int, seconds: float, in_flight: int = 1,
+                now: float | None = None) -> None:
+        """A request of ``nbytes`` completed at ``now`` (default: the monotonic clock) after
+        ``seconds``; ``in_flight`` requests were under way when it started."""
+        done = time.monotonic() if now is None else now
         with self._lock:
-            self._samples.append((nbytes, seconds, max(1, in_flight)))
+            last, self._last = self._last, done
+            # The first completion, or one after an idle spell, has no service time to offer.
+            spacing = seconds if last is None or in_flight <= 1 else min(seconds, done - last)
+            self._samples.append((nbytes, max(0.0, spacing)))
             self._since += 1
             if self._since >= self._every:
                 self._since = 0
                 self._refit()
 
+    def model(self) -> dict[str, float | int | None]:
+        """What the choice rests on, for ``--json``: why this gap was chosen."""
+        return {"request_s": self.request_s, "bytes_per_s": self.bytes_per_s,
+                "fits": self.fits, "moves": self.moves, "samples": len(self._samples)}
+
     def _refit(self) -> None:
-        n = len(self._samples)
-        if n < 8:
+        fitted = _robust_fit(list(self._samples))
+        if fitted is None:
             return
-        mx = sum(x for x, _, _ in self._samples) / n
-        my = sum(y for _, y, _ in self._samples) / n
-        c = sum(k for _, _, k in self._samples) / n
-        sxx = sum((x - mx) ** 2 for x, _, _ in self._samples)
-        if sxx < (64 * KIB) ** 2 * n:  # sizes too alike to separate request from byte cost
-            return
-        b = sum((x - mx) * (y - my) for x, y, _ in self._samples) / sxx
-        if b <= 0:
-            return
-        a = max(0.0, (my - b * mx) - (c - 1) * b * mx) / c
+        a, b = fitted
         self.request_s, self.bytes_per_s = a, 1.0 / b
-        estimate = min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, a / b))
-        smoothed = self._alpha * estimate + (1 - self._alpha) * self._gap
-        self._gap = int(smoothed) // SECTOR * SECTOR
         self.fits += 1
+        self._estimates.append(min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, a / b)))
+        if len(self._estimates) < 3:
+            return  # one or two estimates are noise, not evidence
+        estimate = _median(list(self._estimates))
+        if max(estimate, self._gap) < 2 * min(estimate, self._gap):
+            return  # within 2x: stay
+        self._gap = _candidate(self._gap * 2 if estimate > self._gap else self._gap / 2)
+        self.moves += 1
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def _robust_fit(samples: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(a, b): per-request fixed cost and per-byte cost, or None if the samples cannot tell."""
+    n = len(samples)
+    if n < 8:
+        return None
+    by_size = sorted(samples)
+    # Pair each sample with the one half the window further in size order: n/2 slopes, each over
+    # a wide size difference, instead of all n^2 pairs.
+    half = n // 2
+    slopes = [(by_size[i + half][1] - by_size[i][1]) / (by_size[i + half][0] - by_size[i][0])
+              for i in range(n - half) if by_size[i + half][0] - by_size[i][0] >= 16 * KIB]
+    if len(slopes) < 4:
+        return None  # sizes too alike to separate request from byte cost
+    b = _median(slopes)
+    if b <= 0:
+        return None
+    return max(0.0, _median([y - b * x for x, y in samples])), b
+
+
+#: The gaps the adaptive model chooses from: a small set keeps the choice stable run to run.
+CANDIDATE_GAPS = tuple(4 * KIB << i for i in range(10))  # 4 KiB .. 2 MiB
+
+
+def _candidate(estimate: float) -> int:
+    """The candidate gap nearest to ``estimate`` on a log scale."""
+    estimate = min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, estimate))
+    return min(CANDIDATE_GAPS, key=lambda g: abs(math.log(g / estimate)))
 
 
 @dataclass

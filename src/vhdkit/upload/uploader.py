@@ -64,6 +64,8 @@ class UploadResult:
     request_seconds: float
     md5: str | None = None
     verified: VerifyResult | None = None
+    #: the adaptive cost model's estimates behind ``merge_gap`` (request time, bandwidth, fits)
+    gap_model: dict[str, float | int | None] | None = None
 
     @property
     def skipped_pct(self) -> float:
@@ -170,7 +172,8 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
         bytes_sent=sent, bytes_present=pstats.present,
         bytes_skipped=view.stream_size - sent, writes=pstats.writes, merge_gap=gap.current(),
         adaptive_gap=opts.merge_gap is None, retries=es.retries, seconds=es.elapsed,
-        request_seconds=es.request_s)
+        request_seconds=es.request_s,
+        gap_model=gap.model() if isinstance(gap, AdaptiveGap) else None)
     if blob is None or opts.dry_run:
         return result
     if hasher is not None:
