@@ -45,7 +45,8 @@ class Case:
     fraction: float
 
 
-CASES = [Case("2G-25%", 2 * GIB, 0.25), Case("8G-5%", 8 * GIB, 0.05)]
+CASES = [Case("1G-25%", GIB, 0.25), Case("2G-25%", 2 * GIB, 0.25), Case("8G-5%", 8 * GIB, 0.05),
+         Case("1T-1G", 1024 * GIB, 1 / 1024)]
 
 
 def make_input(case: Case, work: Path, seed: int = 7) -> Path:
@@ -202,9 +203,14 @@ def goals_of(rows: list[dict[str, float | int | str]]) -> list[Goal]:
     for r in rows:
         ratio, ratio_sync = float(r["ratio"]), float(r["ratio_sync"])
         floor_ratio = float(r["floor_ratio"])
-        out.append(Goal("Convert", f"{r['case']}: vhdkit convert ÷ qemu-img convert wall time",
-                        "≤ 1.0×", f"{ratio:.2f}× ({ratio_sync:.2f}× vs qemu-img + fsync)",
-                        ratio <= 1.0))
+        # Equal durability: vhdkit fsyncs before its atomic rename, qemu-img never flushes, so the
+        # goal compares with qemu-img followed by an fsync of its output (the Performance issue
+        # retired the comparison with qemu-img alone; it stays recorded).
+        out.append(Goal("Performance", f"{r['case']}: vhdkit convert ÷ (qemu-img convert + "
+                        "fsync of its output), wall time", "≤ 1.0×", f"{ratio_sync:.2f}×",
+                        ratio_sync <= 1.0))
+        out.append(Goal("Convert", f"{r['case']}: vhdkit convert ÷ qemu-img convert without "
+                        "flush (retired goal)", "recorded", f"{ratio:.2f}×", None))
         out.append(Goal("Convert", f"{r['case']}: durable-write floor of the output's data "
                         "(O_DIRECT + fsync, no reading) ÷ qemu-img convert, best runs", "recorded",
                         f"{floor_ratio:.2f}× ({float(r['floor_s']):.3f} s)", None))

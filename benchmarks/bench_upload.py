@@ -83,7 +83,7 @@ def run_vhdkit(url: str, container: str, path: Path, conc: int,
     blob.client.delete_blob()
     blob.close()
     return {"seconds": dt, "bytes_sent": r.bytes_sent, "writes": r.writes,
-            "merge_gap": r.merge_gap, "retries": r.retries}
+            "merge_gap": r.merge_gap, "retries": r.retries, "gap_model": r.gap_model}
 
 
 def sdk_plan(path: Path) -> tuple[int, int]:
@@ -170,8 +170,12 @@ def qemu_then_sdk(url: str, container: str, dynamic: Path, conc: int, work: Path
 
 Row = dict[str, Any]
 Key = tuple[str, str, str]  # link, input, method
-PARTS = ("local", "dense", "uplink", "extra")
+PARTS = ("local", "dense", "uplink", "extra", "stability")
+#: The gap-stability input: 256 MiB fixed, 10 % data in 4-64 KiB runs, 5 interleaved rounds.
+STABILITY_SIZE = 256 * MIB
+STABILITY_RUNS = 5
 DYNAMIC = "dynamic VHD, 10 % data"
+STABILITY = "256 MiB 10% scattered"
 
 
 class Runs:
@@ -237,7 +241,29 @@ def size_label(n: int) -> str:
     return f"{n / GIB:g} GiB" if n >= GIB else f"{n / MIB:g} MiB"
 
 
-def goals_of(rows: list[Row], size: int) -> list[Goal]:
+def stability_goals(samples: dict[Key, list[Row]]) -> list[Goal]:
+    """Every interleaved round of the stability input: vhdkit <= the SDK, and the adaptive gap
+    it settled on stable within 2x across rounds."""
+    ours = samples.get(("local", STABILITY, "vhdkit"))
+    peer = samples.get(("local", STABILITY, "sdk"))
+    if not ours or not peer:
+        return []
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(ours, peer, strict=False)]
+    gaps = [int(r["merge_gap"]) for r in ours]
+    shown = ", ".join(ratio(x) for x in ratios)
+    return [
+        Goal("Performance", f"upload {size_label(STABILITY_SIZE)} fixed, 10 % in 4-64 KiB runs, "
+             "local: vhdkit ÷ SDK upload_blob, every round", "≤ 1.0× every run", shown,
+             max(ratios) <= 1.0),
+        Goal("Performance", "adaptive merge gap chosen, round to round",
+             "stable within 2×", ", ".join(f"{g // 1024} KiB" for g in gaps),
+             max(gaps) <= 2 * min(gaps)),
+    ]
+
+
+def goals_of(rows: list[Row], size: int,
+             runs_by_key: dict[Key, list[Row]] | None = None) -> list[Goal]:
+    runs_by_key = runs_by_key or {}
     by_key = {(r["link"], r["input"], r["method"]): r for r in rows}
     goals: list[Goal] = []
 
@@ -262,6 +288,14 @@ def goals_of(rows: list[Row], size: int) -> list[Goal]:
                               "recorded", f"{ratio(v['bytes_sent'] / sdk['bytes_sent'])} "
                               f"({v['bytes_sent'] / MIB:.0f} vs {sdk['bytes_sent'] / MIB:.0f} MiB)",
                               None))
+    up = by_key.get(("uplink", "10% scattered", "vhdkit"))
+    if up and up.get("nonzero_bytes"):
+        bound = up["nonzero_bytes"] * 8 / UPLINK_BPS
+        goals.append(Goal("Upload", f"uplink, {size_label(size)} 10% scattered: vhdkit ÷ the "
+                          "link's lower bound (non-zero bytes ÷ link rate)", "≤ 1.2×",
+                          f"{ratio(up['seconds'] / bound)} ({up['seconds']:.2f} s vs "
+                          f"{bound:.2f} s)", up["seconds"] / bound <= 1.2))
+    goals.extend(stability_goals(runs_by_key))
     got = rel("local", "dense random", "upload_page loop", "vhdkit")
     if got:  # throughput ratio = loop time / vhdkit time
         goals.append(Goal("Upload", f"local, dense random {size_label(size)}: vhdkit ÷ "
@@ -323,11 +357,20 @@ def main() -> None:
                 "upload_page loop": lambda: run_loop(url, container, p, conc),
                 "sdk": lambda: run_sdk(url, container, p, conc)}, args.runs)
         if "uplink" in parts:
-            p = make_fixed_vhd(work / "p10.vhd", size, scattered_runs(size, 0.10))
+            uplink_runs = scattered_runs(size, 0.10)
+            p = make_fixed_vhd(work / "p10.vhd", size, uplink_runs)
             with FaultProxy(url, Faults(bandwidth_bps=UPLINK_BPS)) as proxy:
                 runs.rounds("uplink", "10% scattered", {
                     "vhdkit": lambda: run_vhdkit(proxy.url, container, p, conc),
                     "sdk": lambda: run_sdk(proxy.url, container, p, conc)}, 1)
+            for row in runs.samples.get(("uplink", "10% scattered", "vhdkit"), []):
+                row["nonzero_bytes"] = sum(n for _, n in uplink_runs)
+        if "stability" in parts:
+            p = make_fixed_vhd(work / "s10.vhd", STABILITY_SIZE,
+                               scattered_runs(STABILITY_SIZE, 0.10, seed=11))
+            runs.rounds("local", STABILITY, {
+                "vhdkit": partial(run_vhdkit, url, container, p, conc),
+                "sdk": partial(run_sdk, url, container, p, conc)}, STABILITY_RUNS)
         if "extra" in parts:
             dyn = dynamic_input(work, 2 * size)
             runs.rounds("local", DYNAMIC, {
@@ -344,15 +387,24 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     rows = runs.all()
+    # every round of the stability input, not only medians: its goals are per round
+    rounds = {m: runs.samples.get(("local", STABILITY, m), []) for m in ("vhdkit", "sdk")}
     if args.json:
         Path(args.json).write_text(json.dumps({"concurrency": conc, "size_mib": args.size_mib,
-                                               "results": rows}, indent=2))
-    report(rows, conc, size, args.goals)
+                                               "results": rows, "stability": rounds}, indent=2))
+    report(rows, conc, size, args.goals, rounds)
 
 
-def report(rows: list[Row], conc: int, size: int, goals_path: str | None) -> None:
+def report(rows: list[Row], conc: int, size: int, goals_path: str | None,
+           rounds: dict[str, list[Row]] | None = None) -> None:
     print(render(rows, conc))
-    save_goals(goals_path, goals_of(rows, size))
+    by_key = {("local", STABILITY, m): r for m, r in (rounds or {}).items()}
+    save_goals(goals_path, goals_of(rows, size, by_key))
+    if rounds and rounds.get("vhdkit"):
+        print("\nStability rounds (256 MiB, 10 % in 4-64 KiB runs), in order: " + "; ".join(
+            f"vhdkit {a['seconds']:.2f} s (gap {a['merge_gap'] // 1024} KiB, model "
+            f"{_model(a)}) vs SDK {b['seconds']:.2f} s"
+            for a, b in zip(rounds["vhdkit"], rounds.get("sdk", []), strict=False)))
     print(f"\nInputs: {size_label(size)} fixed VHDs with random data in scattered 4–64 KiB "
           f"runs (10 % and 1 %) or dense; the dynamic VHD is {size_label(2 * size)} with ~10 % "
           "data in 64 KiB–4 MiB runs (qemu-img, 2 MiB blocks); the 16 GiB input is a sparse raw "
@@ -365,7 +417,18 @@ def merge(files: list[str], goals_path: str | None) -> None:
     if not docs:
         sys.exit("no part produced results")
     rows = [r for d in docs for r in d["results"]]
-    report(rows, docs[0]["concurrency"], docs[0]["size_mib"] * MIB, goals_path)
+    rounds: dict[str, list[Row]] = {}
+    for d in docs:
+        for method, rs in d.get("stability", {}).items():
+            rounds.setdefault(method, []).extend(rs)
+    report(rows, docs[0]["concurrency"], docs[0]["size_mib"] * MIB, goals_path, rounds)
+
+
+def _model(row: Row) -> str:
+    m = row.get("gap_model") or {}
+    if not m.get("request_s") or not m.get("bytes_per_s"):
+        return "no estimate"
+    return f"{m['request_s'] * 1e3:.2f} ms/request, {m['bytes_per_s'] / MIB:.0f} MiB/s"
 
 
 def dynamic_input(work: Path, size: int) -> Path:

@@ -34,7 +34,9 @@ ISSUES = (("Foundation", "Foundation (issue 2): zero scan, metadata reads, exten
           ("Convert", "Convert (issue 3): vhdkit convert vs qemu-img convert"),
           ("Upload", "Upload (issue 4): vhdkit upload vs the Azure SDK and a plain upload_page "
                      "loop, one Azurite"),
-          ("Pre-flight", "Pre-flight (issue 5): bytes read and time"))
+          ("Pre-flight", "Pre-flight (issue 5): bytes read and time"),
+          ("Performance", "Performance (issue 16): start-up, convert at equal durability, a "
+                          "cost model that does not wobble"))
 PART_TIMEOUT = 15 * 60
 
 
@@ -80,9 +82,16 @@ def parts(work: Path) -> list[Part]:
         Part("upload: dynamic VHD and peak RSS", "Upload",
              [*upload, "--part", "extra", "--json", str(up / "extra.json")], azurite=True,
              show=False, goals=False),
+        Part("upload: gap stability, 5 rounds", "Upload",
+             [*upload, "--part", "stability", "--json", str(up / "stability.json")],
+             azurite=True, show=False, goals=False),
         Part("upload: all parts in one table", "Upload",
              [*py, "benchmarks.bench_upload", "--merge",
-              *(str(up / f"{p}.json") for p in ("local", "dense", "uplink", "extra"))]),
+              *(str(up / f"{p}.json")
+                for p in ("local", "dense", "uplink", "extra", "stability"))]),
+        Part("start-up and convert costs", "Performance",
+             [*py, "benchmarks.bench_costs", "--runs", "7", "--workdir", str(work / "costs")],
+             quick_args=["--runs", "3", "--quick"]),
         Part("preflight", "Pre-flight", [*py, "benchmarks.bench_preflight", "--runs", "3",
                                          "--workdir", str(work / "preflight")],
              quick_args=["--runs", "1"]),
