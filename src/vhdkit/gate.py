@@ -16,7 +16,9 @@ def upload_gate(view: AzureView, *, expect: str = "generalized",
     report = check_view(view)
     if run_preflight:
         try:
-            report.extend(preflight_disk(view.disk, expect).findings)
+            found = preflight_disk(view.disk, expect)
+            report.extend(found.findings)
+            report.facts.update(found.facts)  # OS, generations, architecture: for what follows
         except VhdkitError as exc:
             report.extend([Finding("preflight.unreadable", "error",
                                    f"cannot inspect the OS inside: {exc}",

@@ -13,6 +13,7 @@ import click
 from ..azure_view import AzureView
 from ..errors import UsageError
 from ..formats import open_disk
+from ..report import Report, render_text
 from ..upload import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MERGE_GAP,
@@ -25,6 +26,7 @@ from ..upload.uploader import Progress
 from . import main
 from ._common import EXIT_NOT_READY, emit, fail, run
 from ._dest import destination_options, quiet_sdk_logs
+from ._managed import ManagedCli, managed_disk_options, render_managed, run_managed, to_json
 
 _UNITS = {"": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20}
 
@@ -124,10 +126,12 @@ class _Bar:
 @click.option("--expect", type=click.Choice(["generalized", "specialized"]),
               default="generalized", show_default=True,
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
+@managed_disk_options()
 def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
-                   as_json: bool, quiet: bool, skip_preflight: bool, expect: str) -> None:
+                   as_json: bool, quiet: bool, skip_preflight: bool, expect: str,
+                   managed: ManagedCli | None) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
     The destination is a SAS_URL (a blob or a managed disk from `az disk grant-access`), or
@@ -136,6 +140,17 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     from ..upload.pageblob import PageBlob
 
     quiet_sdk_logs()
+    if managed is not None:
+        if dest.forms() or create_container or dry_run or md5:
+            fail("--managed-disk creates and grants its own destination: give no SAS URL or "
+                 "other destination, and no --create-container, --dry-run or --md5 (a managed "
+                 "disk refuses Set Blob Properties)")
+        opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, verify=verify)
+        doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
+                                      skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
+                                      progress=lambda n: _Bar(n, enabled=not quiet)))
+        emit(to_json(doc) if as_json else render_managed(doc))
+        return
     where = run(lambda: dest.resolve(required=not dry_run))
     if create_container and where is not None and where.is_sas:
         fail("--create-container needs --account-url, --connection-string or --emulator: "
@@ -174,10 +189,9 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result, disk))
 
 
-def _gate(view: AzureView, skip: bool, expect: str) -> None:
+def _gate(view: AzureView, skip: bool, expect: str) -> Report:
     """The rules of ``vhdkit check`` on the stream plus pre-flight of the OS inside."""
     from ..gate import upload_gate
-    from ..report import render_text
 
     report = upload_gate(view, expect=expect, run_preflight=not skip)
     if skip:  # shown even with --quiet: a safety check was bypassed
@@ -185,7 +199,7 @@ def _gate(view: AzureView, skip: bool, expect: str) -> None:
                    + (f" and {len(report.errors)} readiness check(s) failed"
                       if report.errors else ""), err=True)
     if report.ready or skip:
-        return
+        return report
     click.echo(render_text(report), err=True)
     click.echo("vhdkit: upload refused (fix the disk, or --skip-preflight)", err=True)
     sys.exit(EXIT_NOT_READY)
