@@ -20,6 +20,7 @@ import json
 import re
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_b
 SUB = r"/subscriptions/(?P<sub>[^/]+)"
 RG = SUB + r"/resourcegroups/(?P<rg>[^/]+)"
 COMPUTE = RG + r"/providers/microsoft\.compute"
+#: App Service managed identity: DefaultAzureCredential asks IDENTITY_ENDPOINT for a token.
+MSI_PATH = "/msi/token"
+MSI_HEADER = "vhdkit-test-identity"
 ROUTES = [
     ("GET", re.compile(RG + r"$", re.I), "rg"),
     ("PUT", re.compile(COMPUTE + r"/disks/(?P<name>[^/]+)$", re.I), "disk_put"),
@@ -123,6 +127,7 @@ class ArmDouble:
         self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._lock = threading.Lock()
+        self.token_resources: list[str] = []
 
     @property
     def endpoint(self) -> str:
@@ -135,6 +140,12 @@ class ArmDouble:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def identity_env(self) -> dict[str, str]:
+        """Environment for DefaultAzureCredential to sign in through this double (App Service
+        managed identity), and to trust its certificate."""
+        return {"IDENTITY_ENDPOINT": f"{self.endpoint}{MSI_PATH}", "IDENTITY_HEADER": MSI_HEADER,
+                "REQUESTS_CA_BUNDLE": str(self.cert)}
 
     def calls(self) -> list[tuple[str, str]]:
         """(method, operation kind) of every request other than polls, in order."""
@@ -167,6 +178,8 @@ class ArmDouble:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 path = urlsplit(self.path).path
+                if path == MSI_PATH:  # the token endpoint, before any bearer check
+                    return self._token()
                 with double._lock:
                     double.state.log.append(Recorded(self.command, path, body))
                 if not self.headers.get("Authorization", "").startswith("Bearer "):
@@ -189,6 +202,15 @@ class ArmDouble:
                 self._send(status, out, headers)
 
             do_GET = do_PUT = do_POST = _go
+
+            def _token(self) -> None:
+                if self.headers.get("X-IDENTITY-HEADER") != MSI_HEADER:
+                    return self._send(401, {"error": "bad identity header"})
+                resource = parse_qs(urlsplit(self.path).query).get("resource", [""])[0]
+                double.token_resources.append(resource)
+                self._send(200, {"access_token": "msi-token", "token_type": "Bearer",
+                                 "expires_on": str(int(time.time()) + 3600),
+                                 "resource": resource})
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None,
                       ) -> None:

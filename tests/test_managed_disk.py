@@ -254,9 +254,12 @@ def cli(args: list[str], arm: ArmDouble, monkeypatch: pytest.MonkeyPatch,
     import vhdkit.azure_mgmt
     from vhdkit.cli import main
 
-    monkeypatch.setattr(vhdkit.azure_mgmt, "default_credential",
-                        lambda: credential or StaticToken())
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm.cert))  # trust the double's certificate
+    if credential is not None:
+        monkeypatch.setattr(vhdkit.azure_mgmt, "default_credential", lambda: credential)
+    for key, value in arm.identity_env().items():  # DefaultAzureCredential signs in here
+        monkeypatch.setenv(key, value)
+    for key in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)
     arm.state.polls = None  # synchronous answers: the SDK's default poll wait is 30 s
     return CliRunner().invoke(main, ["upload", *args, "--arm-endpoint", arm.endpoint])
@@ -274,6 +277,7 @@ def test_the_command_creates_uploads_and_prints_the_next_steps(
     assert doc["os_type"] == "Linux" and doc["upload"]["bytes_sent"] > 0
     assert "sig=" not in res.output  # the granted SAS is a secret
     assert [k for _, k in arm.calls()][-2:] == ["revoke", "disk_get"]
+    assert arm.token_resources and "management" in arm.token_resources[0]
 
 
 def test_the_command_creates_nothing_when_the_gate_refuses(
@@ -307,3 +311,27 @@ def test_managed_disk_options_conflict_with_a_destination(
     assert res.exit_code == 2 and "creates and grants its own destination" in res.stderr
     res = cli([str(linux_disk), "--image", "img"], arm, monkeypatch)
     assert res.exit_code == 2 and "--image goes with --managed-disk" in res.stderr
+
+
+def test_a_blob_upload_ends_with_the_az_commands_that_use_it(
+        linux_disk: Path, azurite_url: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from vhdkit.cli import main
+
+    blob = f"next-{uuid.uuid4().hex[:8]}.vhd"
+    res = CliRunner().invoke(main, ["upload", str(linux_disk), "--emulator", azurite_url,
+                                    "--container", "next-steps", "--create-container",
+                                    "--blob", blob, "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    url = f"{azurite_url}/next-steps/{blob}"
+    assert doc["next_commands"][0].startswith(
+        f"az disk create --resource-group MY-RG --name MY-DISK --source {url} --os-type Linux")
+    assert any(c.startswith("az image create") and url in c for c in doc["next_commands"])
+    text = CliRunner().invoke(main, ["upload", str(linux_disk), "--emulator", azurite_url,
+                                     "--container", "next-steps", "--blob", blob, "--overwrite",
+                                     "-q"])
+    assert text.exit_code == 0 and "\n  next:\n    az disk create" in text.stdout

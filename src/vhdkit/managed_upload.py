@@ -282,6 +282,37 @@ def image_body(disk_id: str, plan: DiskPlan, disk: Any) -> dict[str, Any]:
     }
 
 
+def suggest_plan(facts: dict[str, object], expect: str) -> DiskPlan:
+    """What pre-flight found, for the next-step commands (never refuses: unknowns stay None)."""
+    os_type = {"windows": "Windows", "linux": "Linux"}.get(str(facts.get("os", "")))
+    gens = [str(g) for g in _as_list(facts.get("generations"))]
+    gen = ("V2" if "V2" in gens else "V1") if gens else None
+    arch = str(facts["architecture"]) if facts.get("architecture") else None
+    state = "Specialized" if expect == "specialized" else "Generalized"
+    return DiskPlan(os_type, gen, arch, state)
+
+
+def blob_next_commands(blob_url: str, plan: DiskPlan) -> list[str]:
+    """The `az` commands that make a managed disk, an image or a gallery version from an
+    uploaded page blob (``blob_url`` without its SAS)."""
+    q = shlex.quote
+    if "://md-" in blob_url:  # a managed disk written through its SAS
+        return ["az disk revoke-access --resource-group MY-RG --name MY-DISK"]
+    gen = f" --hyper-v-generation {plan.hyper_v_generation}" if plan.hyper_v_generation else ""
+    arch = f" --architecture {plan.architecture}" if plan.architecture else ""
+    if plan.os_type is None:
+        return [f"az disk create --resource-group MY-RG --name MY-DISK --source {q(blob_url)}"]
+    return [
+        f"az disk create --resource-group MY-RG --name MY-DISK --source {q(blob_url)} "
+        f"--os-type {plan.os_type}{gen}{arch}",
+        f"az image create --resource-group MY-RG --name MY-IMAGE --source {q(blob_url)} "
+        f"--os-type {plan.os_type}{gen}",
+        f"az sig image-version create --resource-group MY-RG --gallery-name MY-GALLERY "
+        f"--gallery-image-definition MY-DEFINITION --gallery-image-version 1.0.0 "
+        f"--os-vhd-uri {q(blob_url)} --os-vhd-storage-account MY-STORAGE-ACCOUNT-ID",
+    ]
+
+
 def gallery_version_body(disk_id: str, disk: Any) -> dict[str, Any]:
     return {"location": disk.location,
             "properties": {"storageProfile": {"osDiskImage": {"source": {"id": disk_id}}}}}

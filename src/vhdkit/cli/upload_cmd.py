@@ -13,6 +13,7 @@ import click
 from ..azure_view import AzureView
 from ..errors import UsageError
 from ..formats import open_disk
+from ..managed_upload import blob_next_commands, suggest_plan
 from ..report import Report, render_text
 from ..upload import (
     DEFAULT_CONCURRENCY,
@@ -162,6 +163,8 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, overwrite=overwrite,
                          resume=resume, md5=md5, verify=verify, dry_run=dry_run)
 
+    gate: list[Report] = []
+
     def go() -> UploadResult:
         with open_disk(disk, parent) as vdisk:
             view = AzureView.of(vdisk)
@@ -173,7 +176,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                 if not quiet:
                     click.echo(f"vhdkit: notice: virtual size {vdisk.size} rounded up to "
                                f"{view.virtual_size} (whole MiB)", err=True)
-            _gate(view, skip_preflight, expect)
+            gate.append(_gate(view, skip_preflight, expect))
             blob = PageBlob(target, concurrency) if target is not None else None
             if blob is not None and create_container and not dry_run:
                 blob.ensure_container()
@@ -186,7 +189,17 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                     blob.close()
 
     result = run(go)
-    emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result, disk))
+    doc = result.to_dict()
+    if result.mode != "dry-run" and result.destination:
+        plan = suggest_plan(gate[0].facts if gate else {}, expect)
+        doc["next_commands"] = blob_next_commands(result.destination, plan)
+    if as_json:
+        emit(json.dumps(doc, indent=2))
+        return
+    text = render(result, disk)
+    if doc.get("next_commands"):
+        text += "\n  next:\n" + "\n".join(f"    {c}" for c in doc["next_commands"])
+    emit(text)
 
 
 def _gate(view: AzureView, skip: bool, expect: str) -> Report:
