@@ -10,7 +10,6 @@ from .base import VirtualDisk, open_fd
 from .detect import BY_KEY, detect, refusal
 from .raw import RawDisk
 from .vhd import open_vhd_disk
-from .vhdx import VhdxDisk
 
 MAX_PARENT_DEPTH = 32
 
@@ -69,6 +68,8 @@ def _vhd(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -
 
 
 def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    from .vhdx import VhdxDisk  # libvhdi, numpy and construct load only for a VHDX
+
     os.close(fd)  # libvhdi opens the file itself
     return VhdxDisk(path)
 

@@ -6,8 +6,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ParentNotFound
 from ..extents import SECTOR, Extent, merge
@@ -15,6 +14,9 @@ from .base import VirtualDisk, pread_into, zero_fill
 from .raw import RawDisk
 from .vhd_image import VhdImage, open_vhd
 from .vhd_structs import BAT_UNUSED, DiskType, Footer
+
+if TYPE_CHECKING:
+    pass
 
 _BITMAP_CACHE = 256
 
@@ -64,6 +66,8 @@ class DynamicVhdDisk(VirtualDisk):
 
         Bit order is most-significant first (sector 0 is bit 7 of byte 0). Cached per block.
         """
+        import numpy as np  # loaded on first use: a fixed VHD never needs it
+
         if block >= len(self._bat) or self._bat[block] == BAT_UNUSED:
             return []
         with self._runs_lock:  # readers on several threads share the cache
@@ -85,9 +89,13 @@ class DynamicVhdDisk(VirtualDisk):
         return runs
 
     def allocated_blocks(self) -> int:
+        import numpy as np  # loaded on first use: a fixed VHD never needs it
+
         return int(np.count_nonzero(self._bat != BAT_UNUSED))
 
     def extents(self) -> list[Extent]:
+        import numpy as np  # loaded on first use: a fixed VHD never needs it
+
         out: list[Extent] = []
         for block in np.flatnonzero(self._bat != BAT_UNUSED).tolist():
             base = block * self._bs
