@@ -53,16 +53,21 @@ def scan_section(runs: int, goals: list[Goal]) -> list[str]:
             "| vhdkit ÷ SDK speed | vhdkit ÷ copy speed |",
             "|---|---:|---:|---:|---:|---:|"]
     slowest = float("inf")
+    worst_vs_copy = float("inf")
     for name, buf in buffers(size).items():
         t_scan = median_time(partial(nonzero_runs, buf), runs)
         t_sdk = median_time(partial(sdk_check, buf), max(1, runs // 2))
         t_copy = median_time(partial(dst.__setitem__, slice(None), buf), runs)
         slowest = min(slowest, size / t_scan)
+        worst_vs_copy = min(worst_vs_copy, t_copy / t_scan)
         rows.append(f"| {name} | {size / t_scan / 1e9:.1f} GB/s | {size / t_sdk / 1e9:.2f} GB/s "
                     f"| {size / t_copy / 1e9:.1f} GB/s | {ratio(t_sdk / t_scan)} "
                     f"| {ratio(t_copy / t_scan)} |")
     goals.append(Goal(ISSUE, "non-zero 512-byte scan, in memory (slowest buffer shape)",
                       "≥ 10 GB/s", f"{slowest / 1e9:.1f} GB/s", slowest >= SCAN_GOAL))
+    # Machines differ in memory speed: the lasting goal is a ratio to a copy of the same buffer.
+    goals.append(Goal("Performance", "zero scan ÷ memory copy speed, same buffer (worst shape)",
+                      "≥ 1.0×", f"{worst_vs_copy:.2f}×", worst_vs_copy >= 1.0))
     rows.append("\nThe SDK's check stops at the first non-zero byte, so it is fast on dense data; "
                 "it answers one bit per 4 MiB chunk while the scan finds every non-zero sector. "
                 "Memory copy: `memoryview(dst)[:] = buf` into a preallocated buffer "

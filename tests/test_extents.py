@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,3 +79,41 @@ def test_nonzero_runs_edges() -> None:
     last_byte = bytearray(1024)
     last_byte[-1] = 1
     assert nonzero_runs(bytes(last_byte)) == [Extent(512, 512)]
+
+
+def _reference_runs(buf: bytes, base: int = 0) -> list[Extent]:
+    out: list[Extent] = []
+    for off in range(0, len(buf), 512):
+        if any(buf[off : off + 512]):
+            if out and out[-1].end == base + off:
+                out[-1] = Extent(out[-1].start, out[-1].length + 512)
+            else:
+                out.append(Extent(base + off, 512))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_nonzero_runs_matches_a_byte_by_byte_reference(seed: int) -> None:
+    """Every path of the scan: zero blocks, dense sectors, sectors whose first 8 bytes are zero
+    but not the rest, a last block shorter than the others, single bytes at sector edges."""
+    rng = random.Random(seed)
+    n = rng.choice([1, 7, 1024, 1025, 2048 + 3]) * 512
+    buf = bytearray(n)
+    for _ in range(rng.randrange(0, 40)):
+        sector = rng.randrange(0, n // 512)
+        kind = rng.randrange(4)
+        at = sector * 512
+        if kind == 0:
+            buf[at] = 1  # first byte
+        elif kind == 1:
+            buf[at + 511] = 0xFF  # last byte: the first word is zero
+        elif kind == 2:
+            buf[at + 8 : at + 16] = b"\x01" * 8  # second word only
+        else:
+            length = rng.randrange(1, 64) * 512
+            buf[at : at + length] = bytes(rng.randrange(1, 256) for _ in range(16)) * (
+                length // 16)
+            del buf[n:]
+    base = rng.randrange(0, 1 << 30) // 512 * 512
+    for shape in (bytes(buf), buf, memoryview(buf)):
+        assert nonzero_runs(shape, base) == _reference_runs(bytes(buf), base)
