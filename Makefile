@@ -15,9 +15,9 @@ PYTEST_ARGS ?=
 # The venv's tools (vhdkit, python) come first on PATH for tests, demo and benchmarks.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: test lint demo bench setup sysdeps clean FORCE
+.PHONY: test lint demo bench setup sysdeps fixture-debs clean FORCE
 
-test: setup
+test: setup fixture-debs
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(RUN) bash scripts/with-azurite.sh $(BIN)/pytest $(PYTEST_ARGS)
@@ -51,6 +51,11 @@ $(NPM_STAMP): package.json package-lock.json \
 		$(if $(wildcard node_modules/.bin/azurite-blob),,FORCE) | sysdeps $(VENV)/pyvenv.cfg
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Real Debian packages for the Linux pre-flight fixtures: apt-get download (running apt-get
+# update first when the lists are missing), cached in ~/.cache/vhdkit-fixtures; offline later.
+fixture-debs: $(PIP_STAMP)
+	$(RUN) $(BIN)/python fixtures/debian_pkgs.py
 
 FORCE:
 

@@ -13,17 +13,25 @@ from dataclasses import dataclass, field
 
 from ..errors import PreflightError
 from ..report import Finding, Severity
+from .cmdline import CmdLine, configured_cmdline, generated_cmdlines
 from .fs import Filesystem
 from .initramfs import list_initramfs
 from .mounts import FstabEntry
 
 DEPROVISION = "waagent -force -deprovision+user && export HISTSIZE=0"
 CLOUD_INIT_CLEAN = "cloud-init clean --logs --seed"
+MACHINE_ID_FIX = ("truncate -s 0 /etc/machine-id; rm -f /var/lib/dbus/machine-id  "
+                  "(waagent -deprovision+user leaves /etc/machine-id set: every VM made from "
+                  "the image would share it)")
 HV_MODULES = ("hv_vmbus", "hv_storvsc", "hv_netvsc")
 HV_CONFIG = {"hv_vmbus": "CONFIG_HYPERV", "hv_storvsc": "CONFIG_HYPERV_STORAGE",
              "hv_netvsc": "CONFIG_HYPERV_NET"}
 INITRD_NAMES = ("initrd.img-{v}", "initramfs-{v}.img", "initrd-{v}", "initramfs-{v}")
-HISTORY_LIMIT = 1024
+# Interactive history files, relative to a home directory. Debian (and every distribution)
+# ships none, so any of them, even empty, was left by someone who used this system.
+HISTORY_FILES = (".bash_history", ".zsh_history", ".history", ".sh_history", ".ash_history",
+                 ".local/share/fish/fish_history", ".python_history")
+MAX_HOMES = 256  # home directories looked at (/root, /home/*, /etc/passwd)
 _KO = re.compile(r"(?:^|/)([a-z0-9_]+)\.ko(?:\.[a-z0-9]+)?$")
 AGENT_STATE = re.compile(
     r"^(provisioned|ovf-env\.xml|.*\.(crt|prv|pem|p7m)|Certificates\..*|GoalState\..*"
@@ -300,72 +308,69 @@ def rule_blacklist(ctx: LinuxContext) -> list[Finding]:
 
 # -- kernel command line ---------------------------------------------------------------------
 
-def _cmdlines(fs: Filesystem) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(configured, generated) command lines as (source, text)."""
-    configured = []
-    grub = fs.read_text("/etc/default/grub") or ""
-    for key in ("GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT"):
-        m = re.search(rf"^{key}=[\"']?(.*?)[\"']?\s*$", grub, re.M)
-        if m:
-            configured.append((f"/etc/default/grub {key}", m.group(1)))
-    generated = []
-    env = fs.read_text("/boot/grub2/grubenv") or fs.read_text("/boot/grub/grubenv") or ""
-    m = re.search(r"^kernelopts=(.*)$", env, re.M)
-    kernelopts = m.group(1) if m else ""
-    for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"):
-        text = fs.read_text(path, 4 << 20)
-        for line in (text or "").splitlines():
-            m = re.match(r"\s*linux(efi|16)?\s+\S+\s*(.*)$", line)
-            if m:
-                generated.append((path, m.group(2).replace("$kernelopts", kernelopts)))
-                break  # the first entry is the default
-    for name in sorted(fs.listdir("/boot/loader/entries") or [], reverse=True):
-        text = fs.read_text(f"/boot/loader/entries/{name}") or ""
-        m = re.search(r"^options\s+(.*)$", text, re.M)
-        if m:
-            generated.append((f"/boot/loader/entries/{name}",
-                              m.group(1).replace("$kernelopts", kernelopts)))
-    return configured, generated
+CONSOLE = "console=ttyS0"
+RECOMMENDED = ("earlyprintk=ttyS0", "rootdelay=300")
 
 
 def rule_console(ctx: LinuxContext) -> list[Finding]:
-    configured, generated = _cmdlines(ctx.fs)
-    def has(s: str) -> bool:
-        return any(w.startswith("console=ttyS0") for w in s.split())
+    configured = configured_cmdline(ctx.fs)
+    generated = generated_cmdlines(ctx.fs)
     fix = ('add console=ttyS0,115200n8 earlyprintk=ttyS0 rootdelay=300 to GRUB_CMDLINE_LINUX in '
            '/etc/default/grub, then update-grub (or grub2-mkconfig -o /boot/grub2/grub.cfg)')
-    effective = generated or configured
+    effective = generated or ([configured] if configured else [])
     if not effective:
         return [_bad("linux.console", "warning", "no kernel command line found",
                      "no /etc/default/grub, grub.cfg or /boot/loader/entries", fix)]
-    lacking = [(src, s) for src, s in effective if not has(s)]
+    lacking = [c for c in effective if not c.find(CONSOLE)]
     if lacking:
-        src, s = lacking[0]
-        stale = generated and any(has(c) for _, c in configured)
+        stale = bool(generated) and configured is not None and configured.find(CONSOLE)
         msg = ("console=ttyS0 is in /etc/default/grub but grub.cfg was not regenerated"
                if stale else "console=ttyS0 is missing: no serial console or boot diagnostics")
-        return [_bad("linux.console", "warning", msg, f"{src}: {s.strip()!r}", fix)]
-    src, s = effective[0]
-    out = [_ok("linux.console", "serial console configured", f"{src}: {s.strip()!r}")]
-    missing = [w for w in ("earlyprintk=ttyS0", "rootdelay=300") if w not in s.split()]
+        return [_bad("linux.console", "warning", msg, _quote(lacking[0]), fix)]
+    line = effective[0]
+    console = line.find(CONSOLE)
+    assert console is not None  # nothing lacks it
+    out = [_ok("linux.console", "serial console configured",
+               f"{_quote(line)}; {CONSOLE} as {console.text}")]
+    missing = [w for w in RECOMMENDED if not line.find(w)]
     if missing:
         out.append(Finding("linux.console.recommended", "info",
                            f"recommended kernel options absent: {' '.join(missing)}",
-                           f"{src}: {s.strip()!r}", fix))
+                           _quote(line), fix))
     return out
+
+
+def _quote(line: CmdLine) -> str:
+    return f"{line.source}: {line.text!r}"
 
 
 # -- deprovisioning --------------------------------------------------------------------------
 
 def _state(ctx: LinuxContext, fid: str, message: str, evidence: list[str], fix: str,
-           severity: Severity = "error") -> Finding:
-    """A deprovisioning rule: leftovers are a problem when generalized, expected otherwise."""
+           severity: Severity = "error", clean: str = "") -> Finding:
+    """A deprovisioning rule: leftovers are a problem when generalized, expected otherwise.
+
+    ``clean`` is what a clean system has, when "no <message>" would not read right.
+    """
     if not evidence:
-        return _ok(fid, f"clean: {message}" if ctx.generalized else f"none: {message}")
+        if ctx.generalized:
+            return _ok(fid, f"clean: {clean or 'no ' + message}")
+        return _ok(fid, clean or f"none: {message}")
     ev = "; ".join(evidence)
     if ctx.generalized:
         return _bad(fid, severity, f"not deprovisioned: {message}", ev, fix)
     return _ok(fid, f"present as expected on a specialized disk: {message}", ev)
+
+
+def _homes(fs: Filesystem) -> list[str]:
+    """/root, every directory in /home, and every other home /etc/passwd names."""
+    homes = ["/root"] + [f"/home/{u}" for u in fs.listdir("/home") or []]
+    for line in (fs.read_text("/etc/passwd", 1 << 20) or "").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[5].startswith("/") and fields[5].rstrip("/"):
+            homes.append("/" + "/".join(c for c in fields[5].split("/") if c))
+    unique = list(dict.fromkeys(homes))[:MAX_HOMES]
+    return [h for h in unique if fs.is_dir(h)]
 
 
 def _deprovision_evidence(fs: Filesystem) -> dict[str, list[str]]:
@@ -391,12 +396,12 @@ def _deprovision_evidence(fs: Filesystem) -> dict[str, list[str]]:
             mid.append(f"{p} = {text[:32]}")
     ev["machine-id"] = mid
     hist = []
-    homes = ["/root"] + [f"/home/{u}" for u in fs.listdir("/home") or []]
-    for home in homes:
-        size = fs.file_size(f"{home}/.bash_history")
-        if size is not None and size > HISTORY_LIMIT:
-            hist.append(f"{home}/.bash_history ({size} bytes)")
-    ev["bash-history"] = hist
+    for home in _homes(fs):
+        for name in HISTORY_FILES:
+            size = fs.file_size(f"{home}/{name}")
+            if size is not None:
+                hist.append(f"{home}/{name} ({size} bytes)")
+    ev["shell-history"] = hist
     ev["persistent-net"] = [p for p in ("/etc/udev/rules.d/70-persistent-net.rules",
                                         "/etc/udev/rules.d/75-persistent-net-generator.rules")
                             if fs.exists(p)]
@@ -413,11 +418,12 @@ def rule_deprovision(ctx: LinuxContext) -> list[Finding]:
                CLOUD_INIT_CLEAN),
         _state(ctx, d + "ssh-host-keys", "SSH host keys (every VM would share them)",
                ev["ssh-host-keys"], f"{DEPROVISION}  (or: rm -f /etc/ssh/ssh_host_*)"),
-        _state(ctx, d + "machine-id", "machine-id set", ev["machine-id"],
-               "truncate -s 0 /etc/machine-id", "warning"),
-        _state(ctx, d + "bash-history", "shell history", ev["bash-history"],
-               "rm -f /root/.bash_history /home/*/.bash_history && export HISTSIZE=0",
-               "warning"),
+        _state(ctx, d + "machine-id", "machine-id set", ev["machine-id"], MACHINE_ID_FIX,
+               "warning", clean="machine-id empty (systemd makes a new one on first boot)"),
+        _state(ctx, d + "shell-history", "shell history", ev["shell-history"],
+               "rm -f " + " ".join(e.rsplit(" (", 1)[0] for e in ev["shell-history"])
+               + " && export HISTSIZE=0  (waagent -deprovision+user removes only "
+               "/root/.bash_history)", "warning"),
         _state(ctx, d + "persistent-net", "persistent network rules (NIC renamed on Azure)",
                ev["persistent-net"], "rm -f /etc/udev/rules.d/70-persistent-net.rules"),
     ]
