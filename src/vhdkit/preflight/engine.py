@@ -11,6 +11,7 @@ from ..report import Finding, Report
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
 from .linux import LinuxContext, linux_findings
 from .mounts import MountTree, matches, parse_fstab
+from .unreadable import pretty, unreadable_finding
 from .volumes import Volume, scan_volumes
 
 READABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "vfat"})
@@ -56,6 +57,9 @@ def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
                                f"{len(found)} operating systems found; judging the first",
                                ", ".join(o.volume.label for o in found))])
     encrypted = [o for o in opened if o.volume.encryption]
+    unreadable = [o for o in opened if o.probe.fstype and not o.volume.encryption
+                  and o.probe.fstype not in READABLE | NOT_FILESYSTEMS | {"ntfs"}]
+    report.extend([unreadable_finding(o.volume.label, o.probe, bool(found)) for o in unreadable])
     if windows:
         report.facts["os"] = "windows"
         report.extend(_windows(windows[0], expect))
@@ -65,10 +69,11 @@ def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
     elif not encrypted:
         report.facts["os"] = "none"
         unread = [o.volume.label for o in opened if o.fs is None and o.probe.fstype in READABLE]
+        unread += [f"{pretty(o.probe.fstype or '')} on {o.volume.label}" for o in unreadable]
         report.extend([Finding(
             "os.none", "warning" if unread else "info",
-            "no operating system found: a data disk" + (
-                " (some filesystems could not be read)" if unread else ""),
+            f"no operating system found on the volumes pre-flight can read (not read: "
+            f"{', '.join(unread)})" if unread else "no operating system found: a data disk",
             f"{len(opened)} volume(s): " + ", ".join(
                 f"{o.volume.label} {o.probe.fstype or 'unrecognised'}" for o in opened))])
     else:
@@ -110,11 +115,7 @@ def _open(vol: Volume, report: Report) -> Opened:
             report.extend([Finding("fs.unreadable", "warning",
                                    f"{kind} filesystem on {vol.label} is damaged or unreadable",
                                    str(exc), f"fsck the filesystem ({vol.label})")])
-    elif kind is not None and kind not in NOT_FILESYSTEMS:
-        report.extend([Finding("fs.unsupported", "info",
-                               f"{kind} on {vol.label} is not inspected (unsupported filesystem)",
-                               f"{vol.label}: {kind} signature, uuid {probe.uuid or '-'}")])
-    return Opened(vol, probe, fs)
+    return Opened(vol, probe, fs)  # a kind it cannot read is named after the OS search
 
 
 def _open_ntfs(vol: Volume, report: Report) -> Filesystem | None:

@@ -1,7 +1,8 @@
 """Filesystems read offline through the libyal readers, behind one small interface.
 
-``probe_filesystem`` names what a volume holds (ext4, xfs, vfat, ntfs, btrfs, swap, ...) and its
-UUID and label (for /etc/fstab); ``open_filesystem`` returns a :class:`Filesystem` for the kinds
+``probe_filesystem`` names what a volume holds (ext4, xfs, vfat, ntfs, swap, and kinds it does not
+read: btrfs, apfs, hfsplus, refs, zfs, bcachefs, ...) and its UUID and label (for /etc/fstab);
+``open_filesystem`` returns a :class:`Filesystem` for the kinds
 vhdkit can read, or None for the others (the caller names the type in a finding).
 """
 
@@ -179,7 +180,7 @@ class LibyalFilesystem(Filesystem):
 
 def probe_filesystem(f: BinaryFile) -> Probe:
     """Name the filesystem (or other content) at the start of a volume by its signature."""
-    head = _read(f, 0, 0x10100)
+    head = _read(f, 0, 0x10300)  # through the Btrfs superblock's label (0x1012B..0x1022B)
     if len(head) < 512:
         return Probe(None)
     if head[3:11] == b"-FVE-FS-":
@@ -198,6 +199,9 @@ def probe_filesystem(f: BinaryFile) -> Probe:
     if head[0x10040:0x10048] == b"_BHRfS_M":
         return Probe("btrfs", str(uuid.UUID(bytes=head[0x10020:0x10030])),
                      _text(head[0x1012B:0x1022B]))
+    named = _unreadable_kind(head)  # named so a finding can say pre-flight cannot look inside
+    if named:
+        return named
     for page in (4096, 8192, 16384, 65536):
         if head[page - 10:page] in (b"SWAPSPACE2", b"SWAP-SPACE"):
             return Probe("swap", str(uuid.UUID(bytes=head[1036:1052])), _text(head[1052:1068]))
@@ -210,7 +214,47 @@ def probe_filesystem(f: BinaryFile) -> Probe:
     fat = _fat(head)
     if fat:
         return fat
+    if _zfs_label(f):
+        return Probe("zfs")
     return Probe(None)
+
+
+BCACHE_MAGIC = bytes.fromhex("c68573f64e1a45ca8265f57f48ba6d81")
+BCACHEFS_MAGIC = bytes.fromhex("c68573f666ce90a9d96a60cf803df7ef")
+ZFS_UBERBLOCK_MAGIC = 0x00BAB10C
+
+
+def _unreadable_kind(head: bytes) -> Probe | None:
+    """ReFS, APFS, HFS+ and bcache(fs): kinds vhdkit names but does not read."""
+    if head[3:11] == b"ReFS\0\0\0\0" and head[16:20] == b"FSRS":
+        return Probe("refs", f"{struct.unpack_from('<Q', head, 0x38)[0]:016X}")
+    if head[32:36] == b"NXSB":  # the APFS container superblock (nx_superblock_t)
+        return Probe("apfs", str(uuid.UUID(bytes=head[72:88])))
+    sig, version = head[1024:1026], struct.unpack_from(">H", head, 1026)[0]
+    if (sig, version) in ((b"H+", 4), (b"HX", 5)):
+        return Probe("hfsplus")
+    if sig == b"BD" and head[1024 + 0x7C:1024 + 0x7E] == b"H+":  # HFS+ in an HFS wrapper
+        return Probe("hfsplus")
+    sb = head[4096:4096 + 512]
+    if sb[24:40] == BCACHEFS_MAGIC or (sb[24:40] == BCACHE_MAGIC
+                                       and struct.unpack_from("<H", sb, 16)[0] >= 7):
+        # bcachefs: u16 version >= 7 where bcache has a small u64 version
+        return Probe("bcachefs", str(uuid.UUID(bytes=sb[56:72])), _text(sb[72:104]))
+    if sb[24:40] == BCACHE_MAGIC:
+        return Probe("bcache", str(uuid.UUID(bytes=sb[40:56])), _text(sb[72:104]))
+    return None
+
+
+def _zfs_label(f: BinaryFile) -> bool:
+    """A ZFS vdev label: uberblocks (magic 0x00bab10c, either byte order) from 128 KiB on."""
+    if f.get_size() < 256 << 10:
+        return False
+    ring = _read(f, 128 << 10, 128 << 10)
+    for slot in range(0, len(ring) - 7, 1024):
+        if ZFS_UBERBLOCK_MAGIC in struct.unpack_from("<Q", ring, slot) + \
+                struct.unpack_from(">Q", ring, slot):
+            return True
+    return False
 
 
 def _ext_kind(sb: bytes) -> str:
