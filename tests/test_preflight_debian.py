@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import debian_disks as dd
-from fixtures import debian_pkgs
+from fixtures import debian_pkgs, qemu
 from vhdkit.formats import open_disk
 from vhdkit.preflight import preflight_disk
 from vhdkit.preflight.cmdline import CmdLine, parse_cmdline, shell_assignments
@@ -87,6 +87,11 @@ def test_real_agent_files_are_read(debian_dir: Path) -> None:
     assert alone.message == "waagent defers provisioning to cloud-init, which is absent"
     missing = by_id(report(debian_dir, "debian-cloud-init-no-azure"))["linux.agent.missing"]
     assert missing.evidence == "cloud-init is installed but its datasource_list excludes Azure"
+    ci_only = by_id(report(debian_dir, "debian-defaults"))
+    assert ci_only["linux.agent"].evidence.startswith("cloud-init: no datasource_list")
+    assert ci_only["linux.agent.extensions"].passed
+    assert ci_only["linux.agent.extensions"].message == ("cloud-init only: no VM extensions "
+                                                         "support")
 
 
 def test_real_kernel_and_initramfs(debian_dir: Path) -> None:
@@ -180,6 +185,17 @@ def test_specialized_real_system(debian_dir: Path) -> None:
     assert "linux.expect.specialized" not in by_id(rep)
     clean = report(debian_dir, "debian-azure", "specialized")
     assert failing(clean) == {"error": {"linux.expect.specialized"}}
+
+
+def test_vhd_and_vhdx_wraps_give_the_same_verdict(debian_dir: Path, tmp_path: Path) -> None:
+    want = report(debian_dir, "debian-used")
+    for fmt, opts in (("vpc", ("subformat=dynamic",)), ("vhdx", ())):
+        wrapped = qemu.convert(debian_dir / "debian-used.raw", "raw", tmp_path / f"d.{fmt}",
+                               fmt, *opts)
+        with open_disk(wrapped) as disk:
+            got = preflight_disk(disk)
+        assert [(f.id, f.severity, f.evidence) for f in got.problems] == \
+            [(f.id, f.severity, f.evidence) for f in want.problems]
 
 
 # -- the command line, piece by piece --------------------------------------------------------
