@@ -323,7 +323,7 @@ def rule_console(ctx: LinuxContext) -> list[Finding]:
                      "no /etc/default/grub, grub.cfg or /boot/loader/entries", fix)]
     lacking = [c for c in effective if not c.find(CONSOLE)]
     if lacking:
-        stale = bool(generated) and configured is not None and configured.find(CONSOLE)
+        stale = bool(generated) and configured is not None and bool(configured.find(CONSOLE))
         msg = ("console=ttyS0 is in /etc/default/grub but grub.cfg was not regenerated"
                if stale else "console=ttyS0 is missing: no serial console or boot diagnostics")
         return [_bad("linux.console", "warning", msg, _quote(lacking[0]), fix)]
