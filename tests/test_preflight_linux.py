@@ -34,6 +34,8 @@ EXPECTED: dict[str, tuple[set[str], set[str]]] = {
     "generalized-xfs": (set(), set()),
     "generalized-cloud-init": (set(), set()),
     "generalized-builtin-hv": (set(), set()),
+    "generalized-btrfs": (set(), set()),
+    "btrfs-converted": (set(), set()),
     "not-generalized": (
         {"linux.agent.missing", "linux.hv-drivers", "linux.deprovision.cloud-init",
          "linux.deprovision.ssh-host-keys", "linux.deprovision.persistent-net"},
@@ -165,8 +167,7 @@ def test_gpt_damaged_primary_still_judged(linux_dir: Path) -> None:
 
 
 # fstype -> (the name findings use, uuid and label the probe reads from the real header)
-UNREADABLE = {"btrfs": ("Btrfs", ld.UNREADABLE_UUID, "fedora"),
-              "apfs": ("APFS", ld.UNREADABLE_UUID, ""), "hfsplus": ("HFS+", "", ""),
+UNREADABLE = {"apfs": ("APFS", ld.UNREADABLE_UUID, ""), "hfsplus": ("HFS+", "", ""),
               "refs": ("ReFS", "1D2C3B4A59687766", ""), "zfs": ("ZFS", "", ""),
               "bcachefs": ("bcachefs", ld.UNREADABLE_UUID, "data")}
 
@@ -188,8 +189,6 @@ def test_filesystems_it_cannot_read_are_named(linux_dir: Path, kind: str) -> Non
     assert found["os.none"].message == ("no operating system found on the volumes pre-flight "
                                         f"can read (not read: {name} on gpt partition 1 "
                                         f"({vol['type']}))")
-    if kind == "btrfs":  # why Btrfs is not read (README: "Filesystems pre-flight cannot read")
-        assert "vhdkit has no Btrfs reader" in unsupported.evidence
 
 
 def test_unreadable_data_volume_beside_a_judged_os(linux_dir: Path) -> None:

@@ -10,11 +10,11 @@ from ..formats import VirtualDisk, open_disk
 from ..report import Finding, Report
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
 from .linux import LinuxContext, linux_findings
-from .mounts import MountTree, matches, parse_fstab
+from .mounts import FstabEntry, MountTree, matches, parse_fstab
 from .unreadable import pretty, unreadable_finding
 from .volumes import Volume, scan_volumes
 
-READABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "vfat"})
+READABLE = frozenset({"ext2", "ext3", "ext4", "xfs", "vfat", "btrfs"})
 NOT_FILESYSTEMS = frozenset({"swap", "lvm2-pv"})
 WINDOWS_MARKER = "/Windows/System32/config/SYSTEM"
 DEVICE_SPEC = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/")
@@ -150,6 +150,14 @@ def _windows(o: Opened, expect: str) -> list[Finding]:
                         str(exc))]
 
 
+def _subvolume(root: Opened, e: FstabEntry) -> Filesystem | None:
+    if e.fstype != "btrfs" or not matches(e.spec, root.volume, root.probe):
+        return None
+    from .btrfs import BtrfsFilesystem
+
+    return root.fs.subvolume(e.options) if isinstance(root.fs, BtrfsFilesystem) else None
+
+
 def _linux(root: Opened, opened: list[Opened], expect: str, report: Report) -> list[Finding]:
     assert root.fs is not None
     out: list[Finding] = []
@@ -172,6 +180,10 @@ def _linux(root: Opened, opened: list[Opened], expect: str, report: Report) -> l
             continue
         hit = next((o for o in opened if o is not root and matches(e.spec, o.volume, o.probe)),
                    None)
+        sub = _subvolume(root, e)
+        if sub is not None:  # another subvolume of the root's Btrfs (/home on Fedora)
+            mounts[e.mountpoint] = sub
+            continue
         if hit is None or hit.fs is None:
             sev = "error" if e.mountpoint == "/boot" else "warning"
             why = "not found on this disk" if hit is None else f"{hit.probe.fstype} not readable"

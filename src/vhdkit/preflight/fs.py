@@ -1,7 +1,7 @@
 """Filesystems read offline through the libyal readers, behind one small interface.
 
-``probe_filesystem`` names what a volume holds (ext4, xfs, vfat, ntfs, swap, and kinds it does not
-read: btrfs, apfs, hfsplus, refs, zfs, bcachefs, ...) and its UUID and label (for /etc/fstab);
+``probe_filesystem`` names what a volume holds (ext4, xfs, vfat, ntfs, btrfs, swap, and kinds it
+does not read: apfs, hfsplus, refs, zfs, bcachefs, ...) and its UUID and label (for /etc/fstab);
 ``open_filesystem`` returns a :class:`Filesystem` for the kinds
 vhdkit can read, or None for the others (the caller names the type in a finding).
 """
@@ -288,6 +288,10 @@ def open_filesystem(f: BinaryFile, probe: Probe | None = None) -> Filesystem | N
         except ImportError:
             return None
         return open_ntfs(f)
+    if kind == "btrfs":
+        from .btrfs import open_btrfs
+
+        return open_btrfs(f)
     module = {"ext2": "pyfsext", "ext3": "pyfsext", "ext4": "pyfsext", "xfs": "pyfsxfs",
               "vfat": "pyfsfat"}.get(kind or "")
     if module is None or kind is None:

@@ -11,10 +11,6 @@ from .fs import Probe
 
 # fstype -> (name people know, why vhdkit does not read it)
 UNREADABLE: dict[str, tuple[str, str]] = {
-    "btrfs": ("Btrfs", "vhdkit has no Btrfs reader: libyal has none and the Python ones are "
-              "AGPL; Fedora and openSUSE keep the root in a subvolume with zstd/lzo-compressed "
-              "files, which Debian 12's btrfs-progs 6.2 cannot make to test a reader against "
-              "(see README: Filesystems pre-flight cannot read)"),
     "zfs": ("ZFS", "a ZFS pool member: pools are not read"),
     "bcachefs": ("bcachefs", "bcachefs is not read"),
     "bcache": ("bcache", "a bcache cache or backing device: the filesystem is on the device "
