@@ -33,6 +33,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "debian-agent-deprovisioned": {
         "warning": {"linux.deprovision.machine-id", "linux.deprovision.shell-history"}},
     "debian-defaults": {"warning": {"linux.console"}},
+    "debian-azure-btrfs": {},
 }
 
 _built: dict[str, Report] = {}
@@ -92,6 +93,15 @@ def test_real_agent_files_are_read(debian_dir: Path) -> None:
     assert ci_only["linux.agent.extensions"].passed
     assert ci_only["linux.agent.extensions"].message == ("cloud-init only: no VM extensions "
                                                          "support")
+
+
+def test_real_system_on_btrfs_reads_like_on_ext4(debian_dir: Path) -> None:
+    """The same real files on Btrfs, config-* zstd-, modules.order lzo- and modules.builtin
+    zlib-compressed: the same evidence, through vhdkit's own Btrfs reader."""
+    ext4, btrfs = report(debian_dir, "debian-azure"), report(debian_dir, "debian-azure-btrfs")
+    assert btrfs.facts["root"] == "gpt partition 1 (linux), btrfs"
+    assert [(f.id, f.passed, f.evidence) for f in btrfs.findings] == \
+        [(f.id, f.passed, f.evidence) for f in ext4.findings]
 
 
 def test_real_kernel_and_initramfs(debian_dir: Path) -> None:
