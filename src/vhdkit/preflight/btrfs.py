@@ -13,6 +13,7 @@ block's bytenr, level and crc32c checksum are verified.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import io
 import stat
@@ -234,17 +235,17 @@ class BtrfsFilesystem(Filesystem):
         budget[0] -= 1
         if budget[0] < 0:  # keys that make one search visit the whole tree: not a real fs
             raise _err(f"one tree search visits more than {MAX_VISITS} blocks")
+        keys = node.keys  # sorted: bisect to the first key that can matter
         if node.level == 0:
-            for k, off, size in zip(node.keys, node.ptrs, node.sizes, strict=True):
-                if lo <= k <= hi:
-                    out.append((k, node.raw[off:off + size]))
+            for i in range(bisect.bisect_left(keys, lo), len(keys)):
+                if keys[i] > hi:
+                    break
+                off = node.ptrs[i]
+                out.append((keys[i], node.raw[off:off + node.sizes[i]]))
             return
-        n = len(node.keys)
-        for i in range(n):
-            if node.keys[i] > hi:
+        for i in range(max(0, bisect.bisect_right(keys, lo) - 1), len(keys)):
+            if keys[i] > hi:  # child i holds keys from keys[i] up to keys[i + 1]
                 break
-            if i + 1 < n and node.keys[i + 1] <= lo:
-                continue
             self._walk(self._node(node.ptrs[i], node.level - 1), lo, hi, out, budget)
 
     def _load_chunk_tree(self, chunk_root: int) -> None:
