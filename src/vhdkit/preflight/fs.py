@@ -1,9 +1,9 @@
-"""Filesystems read offline through the libyal readers, behind one small interface.
+"""Filesystems read offline (libyal readers; Btrfs by ``btrfs``), behind one small interface.
 
 ``probe_filesystem`` names what a volume holds (ext4, xfs, vfat, ntfs, btrfs, swap, and kinds it
 does not read: apfs, hfsplus, refs, zfs, bcachefs, ...) and its UUID and label (for /etc/fstab);
-``open_filesystem`` returns a :class:`Filesystem` for the kinds
-vhdkit can read, or None for the others (the caller names the type in a finding).
+``open_filesystem`` returns a :class:`Filesystem` for the kinds vhdkit can read, or None for the
+others (the caller names the type in a finding).
 """
 
 from __future__ import annotations
