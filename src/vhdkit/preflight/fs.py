@@ -226,6 +226,7 @@ ZFS_UBERBLOCK_MAGIC = 0x00BAB10C
 
 def _unreadable_kind(head: bytes) -> Probe | None:
     """ReFS, APFS, HFS+ and bcache(fs): kinds vhdkit names but does not read."""
+    head = head.ljust(4096 + 512, b"\0")  # a tiny volume: its missing bytes match nothing
     if head[3:11] == b"ReFS\0\0\0\0" and head[16:20] == b"FSRS":
         return Probe("refs", f"{struct.unpack_from('<Q', head, 0x38)[0]:016X}")
     if head[32:36] == b"NXSB":  # the APFS container superblock (nx_superblock_t)
