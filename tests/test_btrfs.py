@@ -138,6 +138,9 @@ def test_subvolume_entered_and_mounted_by_fstab(tmp_path: Path) -> None:
         assert image.read(2) == b"\x53\xef"  # the ext4 superblock, read across subvolumes
         sub = fs.subvolume("subvol=ext2_saved,ro")
         assert sub is not None and sub.listdir("/") == ["image"]
+        by_id = fs.subvolume(f"ro,subvolid={sub.root_id}")
+        assert by_id is not None and by_id.listdir("/") == ["image"]
+        assert fs.subvolume("subvolid=5") is not None and fs.subvolume("subvolid=4242") is None
         assert fs.subvolume("subvol=nope") is None and fs.subvolume("defaults") is None
     assert report.ready and report.facts["mounts"] == {"/srv/ext4": "btrfs"}
     assert report.facts["root"] == "gpt partition 1 (linux), btrfs"
