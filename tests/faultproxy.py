@@ -6,6 +6,10 @@ and can inject faults on a share of requests: connection resets, 500, 503 Server
 delays, 403 (a hard failure); and cap the upload bandwidth (one shared token bucket), to stand
 in for an on-prem uplink.
 Faults are decided before forwarding, so a faulted request never reaches the server.
+
+Subclasses (tests/mddouble.py: a strict managed-disk endpoint) change behaviour through three
+hooks: :meth:`FaultProxy.intercept` answers a request itself (a refusal), :meth:`upstream`
+rewrites what is forwarded, :meth:`transform` rewrites the server's answer.
 """
 
 from __future__ import annotations
@@ -41,6 +45,27 @@ class Faults:
     bandwidth_bps: float | None = None  # bits per second of request bodies, all connections
     scope: str = "put_page"
     seed: int = 1234
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # with the query
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    payload: bytes
+
+
+def error_reply(status: int, code: str, message: str = "refused by the test double") -> Reply:
+    body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error>").encode()
+    return Reply(status, [("x-ms-error-code", code), ("Content-Type", "application/xml")], body)
 
 
 @dataclass
@@ -123,6 +148,19 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- hooks for subclasses ----------------------------------------------------------
+    def intercept(self, req: Request) -> Reply | None:
+        """Answer ``req`` without forwarding it (None: forward)."""
+        return None
+
+    def upstream(self, req: Request) -> tuple[str, list[tuple[str, str]]]:
+        """The path and headers forwarded for ``req``."""
+        return req.path, list(req.headers.items())
+
+    def transform(self, req: Request, reply: Reply) -> Reply:
+        """The answer sent back for ``req`` given the server's ``reply``."""
+        return reply
+
     def _pick_fault(self, is_put_page: bool) -> str | None:
         f = self.faults
         if f.scope == "put_page" and not is_put_page:
@@ -183,6 +221,12 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._read_body()
+                req = Request(self.command, self.path,
+                              {k.lower(): v for k, v in self.headers.items()}, body)
+                own = proxy.intercept(req)
+                if own is not None:
+                    self._send(req, own)
+                    return
                 is_pp = (self.command == "PUT" and "comp=page" in self.path
                          and self.headers.get("x-ms-page-write", "").lower() == "update")
                 fault = proxy._pick_fault(is_pp)
@@ -200,31 +244,37 @@ class FaultProxy:
                     return
                 if fault == "delay":
                     time.sleep(proxy.faults.delay_s)
-                status, headers, payload = self._forward(body)
+                status, headers, payload = self._forward(req)
                 if is_pp and status == 201:
                     self._count_put_page(len(body))
-                self.send_response(status)
-                for k, v in headers:
+                self._send(req, proxy.transform(req, Reply(status, headers, payload)))
+
+            def _send(self, req: Request, reply: Reply) -> None:
+                self.send_response(reply.status)
+                for k, v in reply.headers:
                     if k.lower() not in _HOP:
                         self.send_header(k, v)
                 if self.command == "HEAD":
-                    length = next((v for k, v in headers if k.lower() == "content-length"), "0")
+                    length = next((v for k, v in reply.headers
+                                   if k.lower() == "content-length"), "0")
                     self.send_header("Content-Length", length)
                 else:
-                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Content-Length", str(len(reply.payload)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.wfile.write(reply.payload)
 
-            def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+            def _forward(self, req: Request) -> tuple[int, list[tuple[str, str]], bytes]:
+                path, headers = proxy.upstream(req)
+                body = req.body
                 for attempt in range(2):
                     if self.upstream is None:
                         self.upstream = http.client.HTTPConnection(
                             proxy.upstream_host, proxy.upstream_port, timeout=120)
                     try:
-                        self.upstream.putrequest(self.command, self.path, skip_host=True,
+                        self.upstream.putrequest(self.command, path, skip_host=True,
                                                  skip_accept_encoding=True)
-                        for k, v in self.headers.items():
+                        for k, v in headers:
                             if k.lower() not in ("connection", "proxy-connection", "keep-alive"):
                                 self.upstream.putheader(k, v)
                         self.upstream.endheaders(body if body else None)
@@ -261,13 +311,7 @@ class FaultProxy:
             def _error(self, status: int) -> None:
                 code = {500: "InternalError", 503: "ServerBusy", 429: "TooManyRequests",
                         403: "AuthorizationFailure"}[status]
-                body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
-                        f"<Message>injected by the test proxy</Message></Error>").encode()
-                self.send_response(status)
-                self.send_header("x-ms-error-code", code)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._send(Request(self.command, self.path, {}, b""),
+                           error_reply(status, code, "injected by the test proxy"))
 
         return Handler

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -20,7 +22,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EMULATOR_DEFAULT = "http://127.0.0.1:10000/devstoreaccount1"
 _FIELDS = ("sas_url", "account_url", "account_key", "connection_string", "emulator",
-           "container", "blob")
+           "container", "blob", "api_version", "disk_token")
+
+
+def _sas(sas_url: str | None, sas_env: str | None) -> str | None:
+    """The SAS URL: given, ``-`` (one line from stdin) or from the environment variable
+    ``sas_env``, so it stays out of shell history and ``ps``."""
+    if sas_env is not None:
+        if sas_url is not None:
+            raise click.UsageError("give the SAS URL either as an argument or with --sas-env")
+        value = os.environ.get(sas_env, "").strip()
+        if not value:
+            raise click.UsageError(f"--sas-env {sas_env}: the variable is not set or empty")
+        return value
+    if sas_url == "-":
+        value = sys.stdin.readline().strip()
+        if not value:
+            raise click.UsageError("SAS URL '-': nothing on standard input")
+        return value
+    return sas_url
 
 
 def destination_options(*, blob: bool = True) -> Callable[[F], F]:
@@ -30,10 +50,19 @@ def destination_options(*, blob: bool = True) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             given = {name: kwargs.pop(name, None) for name in _FIELDS}
+            given["sas_url"] = _sas(given["sas_url"], kwargs.pop("sas_env", None))
+            given["disk_token"] = bool(given["disk_token"])
             return fn(*args, dest=Target(**given), **kwargs)
 
         params: list[Callable[[Any], Any]] = [
             click.argument("sas_url", required=False, metavar="[SAS_URL]"),
+            click.option("--sas-env", metavar="VAR", help="Read the SAS URL from environment "
+                         "variable VAR (or give SAS_URL as '-' to read it from stdin)."),
+            click.option("--disk-token", is_flag=True, help="Also send an Entra ID token "
+                         "for https://disk.azure.com/ (a managed disk created with "
+                         "--data-access-auth-mode AzureActiveDirectory; DefaultAzureCredential)."),
+            click.option("--api-version", metavar="YYYY-MM-DD", help="Storage API version "
+                         "to send (Azure Stack Hub / Edge refuse newer ones)."),
             click.option("--account-url", help="Blob endpoint, e.g. "
                          "https://ACCOUNT.blob.core.windows.net (Entra ID via "
                          "DefaultAzureCredential unless --account-key)."),

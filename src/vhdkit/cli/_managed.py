@@ -156,7 +156,9 @@ def run_managed(disk: str, parent: str | None, managed: ManagedCli, opts: Any, *
         api = Compute(default_credential(), managed.subscription, endpoint=managed.arm_endpoint)
 
         def upload(sas: str) -> Any:
-            blob = PageBlob(Target(sas_url=sas), opts.concurrency)
+            # resolve(): the test-only loopback override for an md- host (tests/mddouble.py)
+            target = Target(sas_url=sas).resolve(required=True) or Target(sas_url=sas)
+            blob = PageBlob(target, opts.concurrency, opts.retry)
             bar = progress(view.stream_size)
             try:
                 # a rerun continues what is already on the disk (resume checks the source)

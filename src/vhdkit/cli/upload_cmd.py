@@ -18,11 +18,12 @@ from ..report import Report, render_text
 from ..upload import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MERGE_GAP,
+    RetryPolicy,
     UploadOptions,
     UploadResult,
     upload_view,
 )
-from ..upload.types import Target
+from ..upload.types import Target, sas_blob_url
 from ..upload.uploader import Progress
 from . import main
 from ._common import EXIT_NOT_READY, emit, fail, run
@@ -73,10 +74,14 @@ def render(r: UploadResult, disk: str) -> str:
                   f"{_human(r.bytes_sent / r.seconds if r.seconds else 0)}/s sent"]
     if r.md5:
         lines.append(f"  md5:        {r.md5}")
+    if r.throttled:
+        lines.append(f"  throttled:  {r.throttled} times; concurrency lowered to "
+                     f"{r.lowest_concurrency}")
     if r.verified is not None:
         v = r.verified
         lines.append(f"  verified:   {v.ranges} page ranges, {v.bytes_compared:,} bytes compared, "
-                     f"{v.bytes_scanned_outside:,} bytes outside them are zero")
+                     f"{v.bytes_scanned_outside:,} bytes outside them are zero, "
+                     f"in {v.seconds:.2f} s")
     return "\n".join(lines)
 
 
@@ -119,8 +124,18 @@ class _Bar:
               help="Create the container if it does not exist (not with a SAS URL).")
 @click.option("--resume", is_flag=True, help="Trust the destination's page ranges (needed for "
               "a SAS / managed disk, which keeps no metadata).")
-@click.option("--md5", is_flag=True, help="Set Content-MD5 of the whole stream at the end.")
+@click.option("--md5", is_flag=True, help="Set Content-MD5 of the whole stream at the end "
+              "(not for a managed disk, which refuses blob properties).")
 @click.option("--verify", is_flag=True, help="Read the destination back and compare.")
+@click.option("--retries", type=click.IntRange(1, 100), default=20, show_default=True,
+              help="Tries per request on timeouts and throttling.")
+@click.option("--retry-wait", type=click.FloatRange(0.01, 600), default=60.0, show_default=True,
+              metavar="SECONDS", help="Longest backoff between tries (from 1 s, doubling).")
+@click.option("--retry-budget", type=click.FloatRange(1, 86400), default=900.0,
+              show_default=True, metavar="SECONDS", help="No new try of a request after this.")
+@click.option("--max-request-rate", type=click.FloatRange(0), default=None, metavar="N",
+              help="Requests per second to the blob (default: Azure's 500/s per-blob target; "
+              "none for a local emulator; 0: no cap). The merge gap grows to stay under it.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
 @click.option("--skip-preflight", is_flag=True, help="Upload even if the readiness checks fail.")
@@ -131,22 +146,28 @@ class _Bar:
 def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
+                   retries: int, retry_wait: float, retry_budget: float,
+                   max_request_rate: float | None,
                    as_json: bool, quiet: bool, skip_preflight: bool, expect: str,
                    managed: ManagedCli | None) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
-    The destination is a SAS_URL (a blob or a managed disk from `az disk grant-access`), or
-    --account-url / --connection-string / --emulator with --container and --blob.
+    The destination is a SAS_URL (a blob, a container with --blob, or a managed disk from
+    `az disk grant-access`), or --account-url / --connection-string / --emulator with
+    --container and --blob.
     """
     from ..upload.pageblob import PageBlob
 
     quiet_sdk_logs()
+    retry = RetryPolicy(attempts=retries, base_s=min(1.0, retry_wait), cap_s=retry_wait,
+                        budget_s=retry_budget)
     if managed is not None:
         if dest.forms() or create_container or dry_run or md5:
             fail("--managed-disk creates and grants its own destination: give no SAS URL or "
                  "other destination, and no --create-container, --dry-run or --md5 (a managed "
                  "disk refuses Set Blob Properties)")
-        opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, verify=verify)
+        opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, verify=verify,
+                             retry=retry, request_rate=max_request_rate)
         doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
                                       skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
                                       progress=lambda n: _Bar(n, enabled=not quiet)))
@@ -155,13 +176,17 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     where = run(lambda: dest.resolve(required=not dry_run))
     if create_container and where is not None and where.is_sas:
         fail("--create-container needs --account-url, --connection-string or --emulator: "
-             "a SAS URL names an existing blob")
+             "a SAS cannot create a container")
     target = where
-    if where is not None and where.blob is None and not where.sas_url:
-        # the blob name defaults to the disk's file name
-        target = replace(where, blob=f"{os.path.splitext(os.path.basename(disk))[0]}.vhd")
+    default_blob = f"{os.path.splitext(os.path.basename(disk))[0]}.vhd"
+    if where is not None and where.sas_url:
+        target = replace(where, sas_url=run(lambda: sas_blob_url(where.sas_url or "",
+                                                                  where.blob or default_blob)))
+    elif where is not None and where.blob is None:
+        target = replace(where, blob=default_blob)  # the blob name defaults to the disk's
     opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, overwrite=overwrite,
-                         resume=resume, md5=md5, verify=verify, dry_run=dry_run)
+                         resume=resume, md5=md5, verify=verify, dry_run=dry_run, retry=retry,
+                         request_rate=max_request_rate)
 
     gate: list[Report] = []
 
@@ -177,18 +202,22 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                     click.echo(f"vhdkit: notice: virtual size {vdisk.size} rounded up to "
                                f"{view.virtual_size} (whole MiB)", err=True)
             gate.append(_gate(view, skip_preflight, expect))
-            blob = PageBlob(target, concurrency) if target is not None else None
+            blob = PageBlob(target, concurrency, retry) if target is not None else None
             if blob is not None and create_container and not dry_run:
                 blob.ensure_container()
             bar = _Bar(view.stream_size, enabled=not quiet)
+            vbar = _VerifyBar(enabled=not quiet and verify)
             try:
-                return upload_view(view, blob, opts, on_progress=bar)
+                return upload_view(view, blob, opts, on_progress=bar, on_verify=vbar)
             finally:
                 bar.close()
+                vbar.close()
                 if blob is not None:
                     blob.close()
 
     result = run(go)
+    for warning in result.warnings:  # shown even with --quiet: something was not done
+        click.echo(f"vhdkit: warning: {warning}", err=True)
     doc = result.to_dict()
     if result.mode != "dry-run" and result.destination:
         plan = suggest_plan(gate[0].facts if gate else {}, expect)
@@ -200,6 +229,30 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     if doc.get("next_commands"):
         text += "\n  next:\n" + "\n".join(f"    {c}" for c in doc["next_commands"])
     emit(text)
+
+
+class _VerifyBar:
+    """tqdm over the bytes verify compares (created on the first report)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc="verify", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _gate(view: AzureView, skip: bool, expect: str) -> Report:

@@ -8,7 +8,6 @@ keys and signatures redacted.
 from __future__ import annotations
 
 import ipaddress
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,17 +17,20 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from azure.core.exceptions import (
     AzureError,
+    ClientAuthenticationError,
     HttpResponseError,
     ServiceRequestError,
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobClient, BlobType, ContentSettings
 
 from ..errors import UploadError
-from ..extents import Extent
+from ..extents import Extent, merge
 from ..secrets import redact
-from .types import Target, TransientError
+from .engine import RetryPolicy
+from .types import ReadForbidden, Target, TransientError
 
 T = TypeVar("T")
 
@@ -40,7 +42,18 @@ EMULATOR_URL = f"http://127.0.0.1:10000/{EMULATOR_ACCOUNT}"
 CONNECT_TIMEOUT_S = 20
 READ_TIMEOUT_S = 120
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-CONTROL_ATTEMPTS = 5
+#: Answers that mean "slow down" (the engine lowers its concurrency), not only "try again".
+THROTTLE_CODES = {"ServerBusy", "OperationTimedOut", "TooManyRequests"}
+#: Entra ID scope of a managed disk's data plane. The audience is ``https://disk.azure.com/``
+#: *with* its slash; the v2 scope of a v1 resource is resource + "/.default", hence "//". (The
+#: storage SDK's ``audience=`` strips the slash, so vhdkit asks for the scope itself.)
+DISK_SCOPE = "https://disk.azure.com//.default"
+#: Get Page Ranges: first segment, smallest segment, and entries per answer page.
+LIST_SEGMENT = 1024 * 1024 * 1024
+MIN_LIST_SEGMENT = 4 * 1024 * 1024
+LIST_PAGE_SIZE = 10_000
+#: The first API version whose Get Page Ranges answers in pages (NextMarker).
+PAGINATED_LISTING = "2020-10-02"
 
 
 @dataclass
@@ -75,25 +88,63 @@ def _error_code(exc: HttpResponseError) -> str:
     return str(getattr(code, "value", code))  # the SDK may hand back a StorageErrorCode enum
 
 
-def _bind(fn: Callable[[int, int], object], a: int, b: int) -> Callable[[], object]:
-    return lambda: fn(a, b)
+def _is_timeout(exc: Exception) -> bool:
+    return isinstance(exc, HttpResponseError) and _error_code(exc) == "OperationTimedOut"
+
+
+class _ListingTimedOut(TransientError):
+    """Get Page Ranges answered 500 OperationTimedOut: list a smaller segment."""
+
+
+class _ConnectTo(requests.adapters.HTTPAdapter):
+    """Sends every request to a fixed loopback HOST:PORT over plain HTTP, keeping the URL's
+    host in the Host header (tests: a managed-disk double behind an ``md-...`` name)."""
+
+    def __init__(self, connect_to: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._to = connect_to
+
+    def send(self, request: requests.PreparedRequest, *args: Any,
+             **kwargs: Any) -> requests.Response:
+        parts = urlsplit(request.url or "")
+        request.headers["Host"] = parts.netloc
+        request.url = urlunsplit(("http", self._to, parts.path, parts.query, ""))
+        return super().send(request, *args, **kwargs)
+
+
+class _DiskScope:
+    """A TokenCredential that always asks its inner credential for the disk scope."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._inner.get_token(DISK_SCOPE, **kwargs)
 
 
 class PageBlob:
     """One page blob, through a connection pool sized for the writers."""
 
-    def __init__(self, target: Target, concurrency: int = 8) -> None:
+    def __init__(self, target: Target, concurrency: int = 8,
+                 retry: RetryPolicy | None = None) -> None:
         self.target = target
+        self.retry = retry or RetryPolicy()
+        self.list_segment = LIST_SEGMENT
+        self.list_page_size = LIST_PAGE_SIZE
+        self.list_calls = 0  # Get Page Ranges requests answered (reported by tests)
         self._secrets = target.secrets()
         session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=2,
-                                                pool_maxsize=max(4, concurrency + 2))
+        pool: dict[str, Any] = dict(pool_connections=2, pool_maxsize=max(4, concurrency + 2))
+        adapter = (_ConnectTo(target.connect_to, **pool) if target.connect_to
+                   else requests.adapters.HTTPAdapter(**pool))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         # vhdkit retries itself (the engine counts and backs off), so the SDK must not.
         kwargs: dict[str, Any] = dict(
             transport=RequestsTransport(session=session, session_owner=True),
             retry_total=0, connection_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
+        if target.api_version:
+            kwargs["api_version"] = target.api_version
         try:
             self.client = self._make_client(target, kwargs)
         except UploadError:
@@ -106,7 +157,18 @@ class PageBlob:
         if t.sas_url is not None:
             if "sig=" not in urlsplit(t.sas_url).query:
                 raise UploadError("the destination URL carries no SAS signature (sig=...)")
-            return BlobClient.from_blob_url(t.sas_url, **kw)
+            cred: Any = None
+            if t.disk_token or t.disk_credential is not None:
+                if not t.is_managed_disk:
+                    raise UploadError("a disk token (--disk-token) is for a managed disk's "
+                                      "md-... upload URL only")
+                inner = t.disk_credential
+                if inner is None:
+                    from azure.identity import DefaultAzureCredential
+
+                    inner = DefaultAzureCredential()
+                cred = _DiskScope(inner)
+            return BlobClient.from_blob_url(t.sas_url, credential=cred, **kw)
         if not (t.container and t.blob):
             raise UploadError("--container and --blob are required with this destination")
         if t.connection_string is not None:
@@ -114,8 +176,8 @@ class PageBlob:
                                                      **kw)
         if t.emulator is not None:
             url = t.emulator.rstrip("/")
-            cred: Any = {"account_name": _account_name(url), "account_key": EMULATOR_KEY}
-            return BlobClient(url, t.container, t.blob, credential=cred, **kw)
+            key = {"account_name": _account_name(url), "account_key": EMULATOR_KEY}
+            return BlobClient(url, t.container, t.blob, credential=key, **kw)
         if t.account_url is None:
             raise UploadError("no destination: give a SAS URL, --account-url, "
                               "--connection-string or --emulator")
@@ -134,6 +196,10 @@ class PageBlob:
 
     def _translate(self, action: str, exc: Exception) -> UploadError:
         where = f"{action} {self.name}"
+        if isinstance(exc, ClientAuthenticationError) and exc.response is None:
+            # Raised by a credential, not the service: its own message says what to fix.
+            return UploadError(self._clean(f"{where}: Entra ID sign-in failed: "
+                                           f"{exc.message or exc}"))
         if isinstance(exc, HttpResponseError):
             status = exc.status_code or 0
             code = _error_code(exc)
@@ -143,7 +209,8 @@ class PageBlob:
             elif code == "ContainerNotFound":
                 text = f"{where}: container {self.client.container_name!r} does not exist"
             elif status in RETRYABLE_STATUS:
-                return TransientError(self._clean(text))
+                throttled = status in (429, 503) or code in THROTTLE_CODES
+                return TransientError(self._clean(text), throttled=throttled)
             else:
                 first = (exc.message or "").splitlines()[0] if exc.message else ""
                 if first and code not in first:
@@ -156,16 +223,20 @@ class PageBlob:
         raise exc
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """A control-plane call: retried a few times on transient failures."""
-        for attempt in range(CONTROL_ATTEMPTS):
+        """A control-plane call, retried on transient failures within the retry budget."""
+        deadline = time.monotonic() + self.retry.budget_s
+        attempt = 0
+        while True:
             try:
                 return fn()
             except Exception as exc:  # translated (or re-raised) below
                 err = self._translate(action, exc)
-                if not isinstance(err, TransientError) or attempt == CONTROL_ATTEMPTS - 1:
+                attempt += 1
+                wait = self.retry.delay(attempt - 1)
+                if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
+                        or time.monotonic() + wait > deadline):
                     raise err from exc
-            time.sleep(random.uniform(0.1, 0.3) * 2**attempt)
-        raise AssertionError("unreachable")
+            time.sleep(wait)
 
     # -- operations ----------------------------------------------------------------------
     def state(self) -> BlobState | None:
@@ -199,20 +270,78 @@ class PageBlob:
     def set_metadata(self, metadata: dict[str, str]) -> None:
         self._call("writing metadata of", lambda: self.client.set_blob_metadata(metadata))
 
-    def page_ranges(self) -> list[Extent]:
-        def fetch() -> list[Extent]:
-            out = []
-            for r in self.client.list_page_ranges():
-                start, end = int(r.start or 0), int(r.end or 0)
-                if not r.cleared:
-                    out.append(Extent(start, end + 1 - start))
-            return out
+    def page_ranges(self, size: int) -> list[Extent]:
+        """The blob's page ranges, listed in offset/length segments (an unsegmented listing of
+        a large fragmented blob times out): a segment that times out is halved and retried,
+        each answer page follows its NextMarker."""
+        out: list[Extent] = []
+        pos, seg = 0, self.list_segment
+        while pos < size:
+            length = min(seg, size - pos)
+            try:
+                out += self._list_segment(pos, length)
+            except _ListingTimedOut:
+                if length <= MIN_LIST_SEGMENT:
+                    raise
+                seg = max(MIN_LIST_SEGMENT, length // 2 // 512 * 512)
+                continue
+            pos += length
+        return merge(out)
 
-        return self._call("listing page ranges of", fetch)
+    def _list_segment(self, offset: int, length: int) -> list[Extent]:
+        out: list[Extent] = []
+        marker: str | None = None
+        end = offset + length
+        if self.client.api_version < PAGINATED_LISTING:  # Azure Stack: one answer per segment
+            def whole() -> list[Extent]:
+                filled, _ = self.client.get_page_ranges(offset=offset, length=length)
+                return [Extent(max(offset, r["start"]), min(end, r["end"] + 1)
+                               - max(offset, r["start"])) for r in filled]
 
-    def clear(self, ranges: list[Extent]) -> None:
-        for r in ranges:
-            self._call("clearing pages of", _bind(self.client.clear_page, r.start, r.length))
+            got = self._call_once("listing page ranges of", whole)
+            self.list_calls += 1
+            return [r for r in got if r.length > 0]
+        while True:
+            def page(m: str | None = marker) -> tuple[list[Extent], str | None]:
+                pager: Any = self.client.list_page_ranges(
+                    offset=offset, length=length,
+                    results_per_page=self.list_page_size).by_page(continuation_token=m)
+                got = []
+                for r in next(pager):
+                    s, e = max(offset, int(r.start or 0)), min(end, int(r.end or 0) + 1)
+                    if not r.cleared and e > s:
+                        got.append(Extent(s, e - s))
+                return got, pager.continuation_token
+
+            try:
+                got, marker = self._call_once("listing page ranges of", page)
+            except StopIteration:
+                return out
+            self.list_calls += 1
+            out += got
+            if not marker:
+                return out
+
+    def _call_once(self, action: str, fn: Callable[[], T]) -> T:
+        """One try, retried only for transient failures that are not throttling (a timed-out
+        listing is retried by the caller with a smaller segment)."""
+        deadline = time.monotonic() + self.retry.budget_s
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except StopIteration:
+                raise
+            except Exception as exc:
+                err = self._translate(action, exc)
+                attempt += 1
+                wait = self.retry.delay(attempt - 1)
+                if _is_timeout(exc):
+                    raise _ListingTimedOut(str(err), throttled=True) from exc
+                if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
+                        or time.monotonic() + wait > deadline):
+                    raise err from exc
+            time.sleep(wait)
 
     def put_page(self, offset: int, data: bytes) -> None:
         """One Put Page; raises TransientError for what is worth retrying."""
@@ -222,10 +351,29 @@ class PageBlob:
             raise self._translate(f"writing {len(data)} bytes at {offset} to", exc) from exc
 
     def read(self, offset: int, length: int) -> bytes:
-        def fetch() -> bytes:
-            return bytes(self.client.download_blob(offset=offset, length=length).readall())
+        """One plain ranged Get Blob (the SDK's downloader lists the page ranges of the whole
+        blob on every call). A 403 raises :class:`ReadForbidden` (a write-only SAS)."""
+        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}",
+                   "x-ms-version": self.client.api_version}
 
-        return self._call("reading", fetch)
+        def fetch() -> bytes:
+            resp = self.client._client._send_request(  # the SDK's own pipeline: auth, SAS
+                HttpRequest("GET", self.client.url, headers=headers), stream=True)
+            if resp.status_code not in (200, 206):
+                resp.read()
+                raise HttpResponseError(response=resp)
+            data = resp.read()
+            if len(data) != length:
+                raise ServiceResponseError(f"short read: {len(data)} of {length} bytes")
+            return bytes(data)
+
+        try:
+            return self._call(f"reading {length} bytes at {offset} of", fetch)
+        except UploadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, HttpResponseError) and cause.status_code == 403:
+                raise ReadForbidden(str(exc)) from exc
+            raise
 
     def set_content_md5(self, digest: bytes) -> None:
         def apply() -> None:

@@ -45,6 +45,9 @@ class GapPolicy(Protocol):
 
     def observe(self, nbytes: int, seconds: float, in_flight: int = 1) -> None: ...
 
+    def widen(self) -> None:
+        """The request rate is at its cap: merge across larger gaps from now on."""
+
 
 class FixedGap:
     """``--merge-gap BYTES``: always the same gap (0 sends exactly the non-zero sectors)."""
@@ -59,6 +62,9 @@ class FixedGap:
 
     def observe(self, nbytes: int, seconds: float, in_flight: int = 1) -> None:
         pass
+
+    def widen(self) -> None:
+        pass  # the user fixed the gap
 
 
 class AdaptiveGap:
@@ -84,6 +90,7 @@ class AdaptiveGap:
         self._gap = initial
         self._samples: deque[tuple[int, float]] = deque(maxlen=window)
         self._estimates: deque[float] = deque(maxlen=history)
+        self._floor = 0  # raised by widen(): the request-rate cap needs fewer requests
         self._every = every
         self._since = 0
         self._last: float | None = None
@@ -116,6 +123,11 @@ class AdaptiveGap:
         return {"request_s": self.request_s, "bytes_per_s": self.bytes_per_s,
                 "fits": self.fits, "moves": self.moves, "samples": len(self._samples)}
 
+    def widen(self) -> None:
+        with self._lock:
+            self._floor = _candidate(min(MAX_ADAPTIVE_GAP, self._gap * 2))
+            self._gap = max(self._gap, self._floor)
+
     def _refit(self) -> None:
         fitted = _robust_fit(list(self._samples))
         if fitted is None:
@@ -129,7 +141,8 @@ class AdaptiveGap:
         estimate = _median(list(self._estimates))
         if max(estimate, self._gap) < 2 * min(estimate, self._gap):
             return  # within 2x: stay
-        self._gap = _candidate(self._gap * 2 if estimate > self._gap else self._gap / 2)
+        self._gap = max(self._floor,
+                        _candidate(self._gap * 2 if estimate > self._gap else self._gap / 2))
         self.moves += 1
 
 
@@ -211,11 +224,13 @@ class Planner:
     whole stream in order, zeros included, so Content-MD5 needs no second pass; with a hasher
     the skipped ranges are read too (they must be hashed), otherwise they are not read.
     ``max_write``: the largest Put Page (``vhdkit bench`` sweeps it); a multiple of 512, at most
-    Azure's 4 MiB.
+    Azure's 4 MiB. ``cover``: ranges written even where the stream is zero (a used managed disk
+    being overwritten keeps old data there; AzCopy writes zeros over it too).
     """
 
     def __init__(self, view: AzureView, gap: GapPolicy, skip: list[Extent] | None = None,
-                 hasher: _Hasher | None = None, max_write: int = MAX_WRITE) -> None:
+                 hasher: _Hasher | None = None, max_write: int = MAX_WRITE,
+                 cover: list[Extent] | None = None) -> None:
         check_max_write(max_write)
         self.max_write = max_write
         self.view = view
@@ -224,6 +239,7 @@ class Planner:
         self.hasher = hasher
         self.stats = PlanStats(stream_size=view.stream_size)
         self.stats.present = sum(r.length for r in self.skip.ranges)
+        self.cover = _Ranges(align_to_sectors(cover or [], view.stream_size))
         self._start = 0
         self._end = 0
         self._parts: list[memoryview] = []
@@ -231,6 +247,8 @@ class Planner:
     def writes(self) -> Iterator[Write]:
         view, stats = self.view, self.stats
         extents = align_to_sectors(view.extents(), view.stream_size)
+        if self.cover.ranges:
+            extents = merge([*extents, *self.cover.ranges])
         to_read = extents if self.hasher is not None else subtract(extents, self.skip.ranges)
         for piece in split(to_read, CHUNK):
             self._hash_zeros(stats.scanned, piece.start)
@@ -238,6 +256,11 @@ class Planner:
             if self.hasher is not None:
                 self.hasher.update(data)
             runs = nonzero_runs(data, piece.start)
+            stale = self.cover.within(piece.start, piece.end)
+            if stale:
+                runs = merge([*runs, *(Extent(max(r.start, piece.start),
+                                              min(r.end, piece.end) - max(r.start, piece.start))
+                                       for r in stale)])
             if runs and self.skip.ranges:
                 runs = subtract(runs, self.skip.within(piece.start, piece.end))
             buf = memoryview(data)

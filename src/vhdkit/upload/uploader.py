@@ -1,5 +1,11 @@
-"""One upload from start to end: decide what the destination already holds, plan, send,
-then optionally set Content-MD5 and verify."""
+"""One upload from start to end: check Azure's limits, decide what the destination already
+holds, plan, send, then optionally set Content-MD5 and verify.
+
+A managed disk (an ``md-...`` host) exposes only the page-write path: it is never created,
+deleted, given metadata or properties (so no ``--md5``), and keeps no record of the source --
+``--resume`` checks sampled sectors of the pages present instead. Any other destination is an
+ordinary page blob, created when missing (also through a SAS with create permission), with the
+source recorded in its metadata."""
 
 from __future__ import annotations
 
@@ -11,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from ..azure_view import AzureView
 from ..errors import UploadError
 from ..extents import Extent
-from .engine import DEFAULT_CONCURRENCY, Engine, EngineStats, RetryPolicy
+from .engine import BLOB_REQUEST_RATE, DEFAULT_CONCURRENCY, Engine, EngineStats, RetryPolicy
+from .fingerprint import first_mismatch
 from .plan import DEFAULT_MERGE_GAP, AdaptiveGap, FixedGap, GapPolicy, Planner
 from .resume import from_metadata, mismatch, source_info, to_metadata
-from .types import MAX_WRITE, check_max_write
+from .types import MAX_WRITE, ReadForbidden, check_max_write, check_stream_limits
 from .verify import VerifyResult, verify
 
 if TYPE_CHECKING:
@@ -32,6 +39,9 @@ class UploadOptions:
     dry_run: bool = False
     max_write: int = MAX_WRITE  # largest Put Page; smaller sizes are for ``vhdkit bench``
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Requests per second to one blob: None = Azure's per-blob target (500/s) for Azure hosts,
+    #: no cap for a local emulator; 0 = no cap.
+    request_rate: float | None = None
 
 
 @dataclass
@@ -66,6 +76,11 @@ class UploadResult:
     verified: VerifyResult | None = None
     #: the adaptive cost model's estimates behind ``merge_gap`` (request time, bandwidth, fits)
     gap_model: dict[str, float | int | None] | None = None
+    blob_type: str = "PageBlob"
+    managed_disk: bool = False
+    throttled: int = 0  # throttling answers from the service
+    lowest_concurrency: int = 0  # lowest engine concurrency after throttling
+    warnings: list[str] = field(default_factory=list)  # what the CLI shows as warnings
 
     @property
     def skipped_pct(self) -> float:
@@ -83,32 +98,19 @@ class UploadResult:
         return d
 
 
-def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions) -> tuple[str, list[Extent]]:
-    """(mode, ranges already present); creates, clears or replaces the blob unless dry-run."""
+def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions,
+            warnings: list[str]) -> tuple[str, list[Extent], list[Extent]]:
+    """(mode, ranges already present, stale ranges to overwrite with zeros); creates or replaces
+    an ordinary blob unless dry-run."""
+    if blob.target.is_managed_disk:
+        return _decide_managed_disk(view, blob, opts, warnings)
     stream = view.stream_size
     state = blob.state()
-    if blob.target.is_sas:
-        if state is None:
-            raise UploadError(f"{blob.name} does not exist: a SAS destination (a managed disk) "
-                              f"must already exist with the stream size {stream}")
-        if state.size != stream:
-            raise UploadError(f"{blob.name} is {state.size} bytes but the stream is {stream} "
-                              f"(virtual size {view.virtual_size} + 512-byte footer); "
-                              "refusing before sending anything")
-        ranges = blob.page_ranges()
-        if opts.resume:
-            return "resumed", ranges
-        if ranges and not opts.overwrite:
-            raise UploadError(f"{blob.name} already holds data; use --resume to continue an "
-                              "upload of this source or --overwrite to replace it")
-        if ranges and not opts.dry_run:
-            blob.clear(ranges)
-        return ("overwritten" if ranges else "new"), []
     info = source_info(view)
     if state is None:
         if not opts.dry_run:
             blob.create(stream, to_metadata(info))
-        return "new", []
+        return "new", [], []
     recorded = from_metadata(state.metadata)
     why: str | None
     if state.blob_type != "PageBlob":
@@ -123,25 +125,78 @@ def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions) -> tuple[str, 
     if why is None:
         if recorded is None and not opts.dry_run:
             blob.set_metadata(to_metadata(info))
-        return "resumed", blob.page_ranges()
+        return "resumed", blob.page_ranges(stream), []
     if not opts.overwrite:
         raise UploadError(f"{blob.name} exists and {why}; use --overwrite to replace it")
     if not opts.dry_run:
         blob.create(stream, to_metadata(info))
-    return "overwritten", []
+    return "overwritten", [], []
+
+
+def _decide_managed_disk(view: AzureView, blob: PageBlob, opts: UploadOptions,
+                         warnings: list[str]) -> tuple[str, list[Extent], list[Extent]]:
+    """A managed disk already exists with its size; only its pages can be written."""
+    stream = view.stream_size
+    state = blob.state()
+    if state is None:
+        raise UploadError(f"{blob.name} does not exist: a managed disk is created with "
+                          f"`az disk create --upload-type Upload --upload-size-bytes {stream}`")
+    if state.blob_type != "PageBlob" or state.size != stream:
+        raise UploadError(f"{blob.name} is a {state.blob_type} of {state.size} bytes but the "
+                          f"stream is a page blob of {stream} bytes (virtual size "
+                          f"{view.virtual_size} + 512-byte footer); refusing before sending "
+                          "anything")
+    ranges = blob.page_ranges(stream)
+    if not ranges:
+        return "new", [], []
+    if opts.resume:
+        try:
+            bad = first_mismatch(blob, view, ranges)
+        except ReadForbidden:
+            warnings.append("the SAS does not allow reading, so the pages already on the disk "
+                            "were trusted without checking that they came from this source")
+            return "resumed", ranges, []
+        if bad is None:
+            return "resumed", ranges, []
+        raise UploadError(f"{blob.name} holds pages that did not come from this source (sector "
+                          f"at {bad} differs); use --overwrite to replace them")
+    if not opts.overwrite:
+        raise UploadError(f"{blob.name} already holds data; use --resume to continue an "
+                          "upload of this source or --overwrite to replace it")
+    # Old data where the new stream is zero is written over with zeros, in the same writes.
+    return "overwritten", [], ranges
+
+
+def _request_rate(blob: PageBlob, opts: UploadOptions) -> float | None:
+    if opts.request_rate is not None:
+        return opts.request_rate or None
+    host = blob.target.host
+    local = blob.target.emulator is not None or host in ("127.0.0.1", "localhost", "::1")
+    return None if local else BLOB_REQUEST_RATE
 
 
 def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
-           on_progress: Callable[[Progress], None] | None = None) -> UploadResult:
-    """Upload ``view`` to ``blob`` (``blob`` may be None only for a dry run)."""
+                on_progress: Callable[[Progress], None] | None = None,
+                on_verify: Callable[[int, int], None] | None = None) -> UploadResult:
+    """Upload ``view`` to ``blob`` (``blob`` may be None only for a dry run).
+    ``on_verify(bytes_compared, bytes_to_compare)`` reports verify's progress."""
     if blob is None and not opts.dry_run:
         raise UploadError("no destination given")
-    check_max_write(opts.max_write)  # before _decide creates or clears anything
-    mode, present = ("new", []) if blob is None else _decide(view, blob, opts)
+    # Everything that can be refused is refused before anything is created or sent.
+    check_max_write(opts.max_write)
+    managed = blob is not None and blob.target.is_managed_disk
+    if blob is not None:
+        check_stream_limits(view.stream_size, managed)
+    if managed and opts.md5:
+        raise UploadError("--md5 sets a blob property, which a managed disk refuses (Azure "
+                          "answers 403 after the whole upload): drop --md5 and use --verify")
+    warnings: list[str] = []
+    mode, present, stale = (("new", [], []) if blob is None
+                            else _decide(view, blob, opts, warnings))
     gap: GapPolicy = (AdaptiveGap(DEFAULT_MERGE_GAP) if opts.merge_gap is None
                       else FixedGap(opts.merge_gap))
     hasher = hashlib.md5() if opts.md5 and not opts.dry_run else None
-    planner = Planner(view, gap, present, hasher, max_write=opts.max_write)
+    planner = Planner(view, gap, present, hasher, max_write=opts.max_write, cover=stale)
     pstats = planner.stats
 
     def report(es: EngineStats) -> None:
@@ -158,11 +213,11 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
         sent, mode = pstats.planned, "dry-run"
     else:
         engine = Engine(blob, concurrency=opts.concurrency, retry=opts.retry, gap=gap,
-                        on_progress=report)
+                        on_progress=report, rate=_request_rate(blob, opts))
         try:
             es = engine.run(planner.writes())
         except UploadError as exc:
-            again = "with --resume" if blob.target.is_sas else "the same command"
+            again = "with --resume" if managed else "the same command"
             raise UploadError(f"{exc}; {engine.stats.sent} bytes were written: rerun {again} "
                               "to send the rest") from exc
         sent = es.sent
@@ -173,7 +228,9 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
         bytes_skipped=view.stream_size - sent, writes=pstats.writes, merge_gap=gap.current(),
         adaptive_gap=opts.merge_gap is None, retries=es.retries, seconds=es.elapsed,
         request_seconds=es.request_s,
-        gap_model=gap.model() if isinstance(gap, AdaptiveGap) else None)
+        gap_model=gap.model() if isinstance(gap, AdaptiveGap) else None,
+        managed_disk=managed, throttled=es.throttled,
+        lowest_concurrency=es.lowest_concurrency or opts.concurrency, warnings=warnings)
     if blob is None or opts.dry_run:
         return result
     if hasher is not None:
@@ -181,5 +238,11 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
         blob.set_content_md5(digest)
         result.md5 = digest.hex()
     if opts.verify:
-        result.verified = verify(view, blob.page_ranges(), blob.read, opts.concurrency)
+        try:
+            result.verified = verify(view, blob.page_ranges(view.stream_size), blob.read,
+                                     opts.concurrency, on_verify)
+        except ReadForbidden:
+            result.warnings.append(
+                "verify is not permitted by this SAS (a write-only grant): the upload finished, "
+                f"but its {sent:,} bytes sent were not read back and compared")
     return result
