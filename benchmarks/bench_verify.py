@@ -79,7 +79,8 @@ def main() -> None:
           f"median of {args.runs} (CLI wall time, s)")
     for name, xs in rows.items():
         if xs:
-            print(f"  {name:20s} {statistics.median(xs):7.2f}   ({', '.join(f'{x:.2f}' for x in xs)})")
+            each = ", ".join(f"{x:.2f}" for x in xs)
+            print(f"  {name:20s} {statistics.median(xs):7.2f}   ({each})")
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     print(f"  verify (difference)  {med['rerun --verify'] - med['rerun']:7.2f}")
 

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from faultproxy import MAX_PUT_PAGE, FaultProxy, Reply, Request, error_reply
+from faultproxy import MAX_PUT_PAGE, Counters, FaultProxy, Reply, Request, error_reply
 
 MIB = 1024 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d+)")
@@ -77,7 +77,7 @@ class ManagedDiskDouble(FaultProxy):
         self._puts_in_flight = 0
         self._md_lock = threading.Lock()
 
-    def reset_counters(self):  # type: ignore[no-untyped-def]
+    def reset_counters(self) -> Counters:
         with self._md_lock:
             self.md = MdCounters()
         return super().reset_counters()

@@ -352,7 +352,7 @@ def test_readme_managed_disk_flow_through_the_double(
             assert code == 0, err
             size = json.loads(out)["stream_size"]
         elif line.startswith("az disk create"):
-            assert f"--upload-size-bytes \"$SIZE\"" in line
+            assert "--upload-size-bytes \"$SIZE\"" in line
             sas = new_disk(container, md, size=size)
         elif line.startswith("vhdkit upload"):
             args = line.split()[2:]

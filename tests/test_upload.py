@@ -21,9 +21,11 @@ from azurite_plugin import DEV_ACCOUNT, DEV_KEY, connection_string
 from cli_helpers import vhdkit
 from faultproxy import FaultProxy, Faults
 from fixtures.upload_disks import MIB, every_64k_runs, input_kinds, write_runs
+from mddouble import ManagedDiskDouble
 from vhdkit.azure_view import AzureView
 from vhdkit.extents import Extent, merge, nonzero_runs, subtract, total
 from vhdkit.formats import open_disk
+from vhdkit.upload.types import CONNECT_TO_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ["raw", "vhd-fixed", "vhd-dynamic", "vhdx"]
@@ -123,7 +125,7 @@ def test_faults_are_retried_and_the_blob_is_identical(
     proxy.set_faults(Faults(reset=0.05, error500=0.05, error503=0.05, error429=0.03,
                             delay=0.05, delay_s=0.3, scope="all"))
     code, out, err = vhdkit(*upload_args(sparse64k, proxy.url, container, "f.vhd"),
-                            "--merge-gap", "4096", "--json")
+                            "--merge-gap", "4096", "--json", "--retry-wait", "0.2")
     assert code == 0, err
     injected = proxy.counters.injected
     assert {"reset", "500", "503", "429", "delay"} <= set(injected)
@@ -214,11 +216,15 @@ def _sas(container: ContainerClient, blob: str, base_url: str, *, expired: bool 
 
 
 def test_managed_disk_sas_upload_and_resume(
-        kinds: dict[str, Path], proxy: FaultProxy, container: ContainerClient) -> None:
+        kinds: dict[str, Path], azurite_url: str, container: ContainerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     path = kinds["vhd-dynamic"]
     expected = stream(path)
-    container.get_blob_client("md.vhd").create_page_blob(len(expected))  # the "managed disk"
-    sas = _sas(container, "md.vhd", proxy.url)
+    container.get_blob_client("md.vhd").create_page_blob(len(expected))  # the managed disk
+    proxy = ManagedDiskDouble(azurite_url).start()
+    monkeypatch.setenv(CONNECT_TO_ENV, proxy.connect_to)
+    token = _sas(container, "md.vhd", azurite_url).split("?", 1)[1]
+    sas = proxy.sas_url(container.container_name, "md.vhd", token)
     code, out, err = vhdkit("upload", str(path), sas, "-q", "--json")
     assert code == 0, err
     no_secrets(out + err)
@@ -232,6 +238,8 @@ def test_managed_disk_sas_upload_and_resume(
     assert code == 0, err
     assert proxy.counters.put_page_bytes == 0
     assert json.loads(out)["mode"] == "resumed"
+    assert proxy.md.refused == []
+    proxy.stop()
 
 
 def _bad(case: str, kinds: dict[str, Path], url: str, container: ContainerClient,
@@ -270,7 +278,7 @@ def test_bad_destinations_fail_in_one_line_without_secrets(
     assert secret not in out + err
     no_secrets(out + err)
     words = {"wrong-key": "403", "missing-container": "does not exist",
-             "size-mismatch": "refusing before sending", "unaligned-no-resize": "--no-resize",
+             "size-mismatch": "the stream is", "unaligned-no-resize": "--no-resize",
              "expired-sas": "403"}
     assert words[case] in err
     assert not container.get_blob_client("x.vhd").exists()

@@ -156,7 +156,6 @@ def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape:
     blob = dest.blob(name, concurrency)
     opts = UploadOptions(concurrency=concurrency, merge_gap=config.merge_gap, max_write=max_write)
     try:
-        dest.prepare(blob, view.stream_size)
         cpu0, t0 = _cpu(), time.perf_counter()
         try:
             result = upload_view(view, blob, opts)

@@ -65,10 +65,5 @@ class BenchDestination:
         finally:
             probe.close()
 
-    def prepare(self, blob: PageBlob, stream_size: int) -> None:
-        """A SAS destination must exist before an upload; the other forms create it."""
-        if self.target.sas_url is not None:
-            blob.create(stream_size, {})
-
     def delete(self, blob: PageBlob) -> None:
         blob.delete()

@@ -65,8 +65,8 @@ class SourceInfo:
     stream_size: int
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
-#: Test-only: send a destination's requests to this loopback HOST:PORT (a test double standing in
-#: for an ``md-...`` host); anything but a loopback address is refused.
+#: Test-only: send an ``md-...`` destination's requests to this loopback HOST:PORT (the test
+#: double standing in for a managed disk); anything but a loopback address is refused.
 CONNECT_TO_ENV = "VHDKIT_TEST_CONNECT_TO"
 
 TIB = 1024 * 1024 * MIB
@@ -179,7 +179,7 @@ class Target:
                                  "--connection-string or --emulator")
             return None
         connect = os.environ.get(CONNECT_TO_ENV)
-        if connect and self.connect_to is None:
+        if connect and self.connect_to is None and is_managed_disk_host(self.host):
             host = connect.rsplit(":", 1)[0]
             if host not in ("127.0.0.1", "localhost", "[::1]"):
                 raise UsageError(f"{CONNECT_TO_ENV} must name a loopback HOST:PORT")
