@@ -85,6 +85,9 @@ def parts(work: Path) -> list[Part]:
         Part("upload: gap stability, 5 rounds", "Upload",
              [*upload, "--part", "stability", "--json", str(up / "stability.json")],
              azurite=True, show=False, goals=False),
+        Part("upload: verify time, 16 GiB sparse", "Upload",
+             [*py, "benchmarks.bench_verify", "--workdir", str(up)], azurite=True,
+             quick_args=["--runs", "1"], goals=False),
         Part("upload: all parts in one table", "Upload",
              [*py, "benchmarks.bench_upload", "--merge",
               *(str(up / f"{p}.json")

@@ -371,3 +371,31 @@ def test_connect_override_is_loopback_only(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(CONNECT_TO_ENV, "example.com:443")
     code, _, err = vhdkit("upload", os.devnull, "https://md-x.z1.blob.storage.azure.net/a/b?sig=x")
     assert code != 0 and CONNECT_TO_ENV in err
+
+
+def test_the_double_refuses_what_azure_refuses_on_a_managed_disk(
+        md: ManagedDiskDouble, container: ContainerClient) -> None:
+    """The double is strict where Azurite is lenient (else the tests above prove nothing)."""
+    from azure.core.exceptions import HttpResponseError
+
+    sas = new_disk(container, md, size=24 * MIB + 512)
+    blob = PageBlob(Target(sas_url=sas, connect_to=md.connect_to),
+                    retry=RetryPolicy(attempts=1)).client
+    calls = {
+        "create": lambda: blob.create_page_blob(24 * MIB + 512),
+        "metadata": lambda: blob.set_blob_metadata({"a": "b"}),
+        "properties": lambda: blob.set_http_headers(),
+        "delete": lambda: blob.delete_blob(),
+        "conditional": lambda: blob.upload_page(b"\1" * 512, offset=0, length=512,
+                                                if_match="*"),
+        "over 4 MiB": lambda: blob.upload_page(b"\1" * (4 * MIB + 512), offset=0,
+                                               length=4 * MIB + 512),
+        "past the end": lambda: blob.upload_page(b"\1" * 1024, offset=24 * MIB, length=1024),
+    }
+    for name, call in calls.items():
+        with pytest.raises(HttpResponseError) as info:
+            call()
+        assert info.value.status_code in (403, 413, 416), name
+    assert len(md.md.refused) == len(calls)
+    assert container.get_blob_client("disk").get_blob_properties().metadata == {}
+    assert md.counters.put_pages == 0
