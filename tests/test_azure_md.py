@@ -236,6 +236,20 @@ def test_the_request_rate_cap_grows_the_merge_gap(
     assert doc["writes"] < 62  # 62 runs 640 KiB apart: merged instead of one write each
 
 
+def test_a_bandwidth_cap_keeps_under_the_disks_throughput(
+        disk_a: Path, azurite_url: str, monkeypatch: pytest.MonkeyPatch,
+        container: ContainerClient) -> None:
+    """A disk that throttles above 512 KiB/s: capped at 0.25 MiB/s nothing is throttled."""
+    with ManagedDiskDouble(azurite_url, byte_budget=512 * KIB) as md:
+        monkeypatch.setenv(CONNECT_TO_ENV, md.connect_to)
+        sas = new_disk(container, md)
+        code, doc, err = up(disk_a, sas, "--merge-gap", "0", "--max-bandwidth", "0.25")
+        assert code == 0, err
+        assert md.md.throttled == 0 and doc["throttled"] == 0
+        assert doc["bytes_sent"] > 512 * KIB  # more than one second's budget: the cap paced it
+    assert container.get_blob_client("disk").download_blob().readall() == stream(disk_a)
+
+
 def test_retry_budget_is_configurable(disk_b: Path, azurite_url: str,
                                       container: ContainerClient) -> None:
     with FaultProxy(azurite_url, Faults(error503=1.0)) as proxy:

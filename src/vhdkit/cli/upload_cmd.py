@@ -136,6 +136,9 @@ class _Bar:
 @click.option("--max-request-rate", type=click.FloatRange(0), default=None, metavar="N",
               help="Requests per second to the blob (default: Azure's 500/s per-blob target; "
               "none for a local emulator; 0: no cap). The merge gap grows to stay under it.")
+@click.option("--max-bandwidth", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="MIB_PER_S", help="Cap the bytes sent per second, e.g. a disk's or "
+              "blob's throughput target (default: none; throttling lowers the concurrency).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
 @click.option("--skip-preflight", is_flag=True, help="Upload even if the readiness checks fail.")
@@ -147,7 +150,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
                    retries: int, retry_wait: float, retry_budget: float,
-                   max_request_rate: float | None,
+                   max_request_rate: float | None, max_bandwidth: float | None,
                    as_json: bool, quiet: bool, skip_preflight: bool, expect: str,
                    managed: ManagedCli | None) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
@@ -161,13 +164,14 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     quiet_sdk_logs()
     retry = RetryPolicy(attempts=retries, base_s=min(1.0, retry_wait), cap_s=retry_wait,
                         budget_s=retry_budget)
+    byte_rate = max_bandwidth * 1024 * 1024 if max_bandwidth else None
     if managed is not None:
         if dest.forms() or create_container or dry_run or md5:
             fail("--managed-disk creates and grants its own destination: give no SAS URL or "
                  "other destination, and no --create-container, --dry-run or --md5 (a managed "
                  "disk refuses Set Blob Properties)")
         opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, verify=verify,
-                             retry=retry, request_rate=max_request_rate)
+                             retry=retry, request_rate=max_request_rate, byte_rate=byte_rate)
         doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
                                       skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
                                       progress=lambda n: _Bar(n, enabled=not quiet)))
@@ -186,7 +190,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
         target = replace(where, blob=default_blob)  # the blob name defaults to the disk's
     opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, overwrite=overwrite,
                          resume=resume, md5=md5, verify=verify, dry_run=dry_run, retry=retry,
-                         request_rate=max_request_rate)
+                         request_rate=max_request_rate, byte_rate=byte_rate)
 
     gate: list[Report] = []
 

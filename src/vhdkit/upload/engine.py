@@ -55,22 +55,26 @@ class Pacer:
 
     ``limit`` writers may send at once; a throttling answer cuts it by ``DECREASE`` (at most once
     per round of requests that were already in flight), each success adds ``1 / limit``, so a
-    full window of successes gives one writer back. ``rate``: requests per second, None = no cap.
+    full window of successes gives one writer back. ``rate``: requests per second, ``byte_rate``:
+    body bytes per second (a blob's or disk's throughput target); None = no cap.
     """
 
-    def __init__(self, concurrency: int, rate: float | None = None) -> None:
+    def __init__(self, concurrency: int, rate: float | None = None,
+                 byte_rate: float | None = None) -> None:
         self.max = concurrency
         self.limit = float(concurrency)
         self.lowest = concurrency
         self.throttles = 0
         self.rate = rate
+        self.byte_rate = byte_rate
+        self._next_byte = time.monotonic()
         self.rate_waits = 0  # requests that waited for the rate cap
         self._cond = threading.Condition()
         self._active = 0
         self._epoch = 0  # bumped on every decrease
         self._next_slot = time.monotonic()
 
-    def acquire(self, stop: threading.Event) -> int | None:
+    def acquire(self, stop: threading.Event, nbytes: int = 0) -> int | None:
         """Wait for a slot; returns the epoch to hand back to :meth:`release` (None: stopped)."""
         with self._cond:
             while self._active >= max(1, int(self.limit)):
@@ -86,6 +90,11 @@ class Pacer:
                 wait = self._next_slot - 1.0 / self.rate - now
                 if wait > 0:
                     self.rate_waits += 1
+            if self.byte_rate:
+                now = time.monotonic()
+                start = max(self._next_byte, now)
+                self._next_byte = start + nbytes / self.byte_rate
+                wait = max(wait, start - now)
         if wait > 0 and stop.wait(wait):
             self.release(epoch, ok=False)
             return None
@@ -132,13 +141,13 @@ class Engine:
     def __init__(self, writer: PageWriter, *, concurrency: int = DEFAULT_CONCURRENCY,
                  retry: RetryPolicy | None = None, gap: GapPolicy | None = None,
                  on_progress: Callable[[EngineStats], None] | None = None,
-                 rate: float | None = None) -> None:
+                 rate: float | None = None, byte_rate: float | None = None) -> None:
         if concurrency < 1:
             raise UploadError("concurrency must be at least 1")
         self.writer = writer
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
-        self.pacer = Pacer(concurrency, rate)
+        self.pacer = Pacer(concurrency, rate, byte_rate)
         self._rate_waits_seen = 0
         self.gap = gap
         self.on_progress = on_progress
@@ -228,7 +237,7 @@ class Engine:
         attempt = 0
         deadline = time.monotonic() + self.retry.budget_s
         while True:
-            epoch = self.pacer.acquire(self._stop)
+            epoch = self.pacer.acquire(self._stop, len(w.data))
             if epoch is None:
                 return
             with self._lock:

@@ -42,6 +42,9 @@ class UploadOptions:
     #: Requests per second to one blob: None = Azure's per-blob target (500/s) for Azure hosts,
     #: no cap for a local emulator; 0 = no cap.
     request_rate: float | None = None
+    #: Body bytes per second (a blob's or disk's throughput target); None: no cap (throttling
+    #: answers still lower the concurrency).
+    byte_rate: float | None = None
 
 
 @dataclass
@@ -213,7 +216,8 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
         sent, mode = pstats.planned, "dry-run"
     else:
         engine = Engine(blob, concurrency=opts.concurrency, retry=opts.retry, gap=gap,
-                        on_progress=report, rate=_request_rate(blob, opts))
+                        on_progress=report, rate=_request_rate(blob, opts),
+                        byte_rate=opts.byte_rate)
         try:
             es = engine.run(planner.writes())
         except UploadError as exc:
