@@ -413,3 +413,38 @@ def test_the_double_refuses_what_azure_refuses_on_a_managed_disk(
     assert len(md.md.refused) == len(calls)
     assert container.get_blob_client("disk").get_blob_properties().metadata == {}
     assert md.counters.put_pages == 0
+
+
+def test_size_limits_at_their_edges() -> None:
+    from vhdkit.upload.types import (
+        MAX_MANAGED_DISK,
+        MAX_PAGE_BLOB,
+        MIN_MANAGED_DISK,
+        check_stream_limits,
+    )
+
+    for size, managed in ((MIN_MANAGED_DISK, True), (MAX_MANAGED_DISK, True),
+                          (MAX_PAGE_BLOB, False), (MIB + 512, False)):
+        check_stream_limits(size, managed)
+    for size, managed in ((MIN_MANAGED_DISK - MIB, True), (MAX_MANAGED_DISK + MIB, True),
+                          (MAX_PAGE_BLOB + MIB, False)):
+        with pytest.raises(UploadError):
+            check_stream_limits(size, managed)
+
+
+def test_aimd_cuts_once_per_round_and_recovers_one_writer_per_window() -> None:
+    import threading
+
+    from vhdkit.upload.engine import Pacer
+
+    pacer, stop = Pacer(8), threading.Event()
+    epochs = [pacer.acquire(stop) for _ in range(8)]
+    for e in epochs:  # eight throttled answers from one round: one cut, not eight
+        assert e is not None
+        pacer.release(e, ok=False, throttled=True)
+    assert pacer.current == 5 and pacer.lowest == 5 and pacer.throttles == 8
+    for _ in range(5):  # a window of successes gives one writer back
+        e = pacer.acquire(stop)
+        assert e is not None
+        pacer.release(e, ok=True)
+    assert pacer.current == 6
