@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError
@@ -448,3 +449,46 @@ def test_aimd_cuts_once_per_round_and_recovers_one_writer_per_window() -> None:
         assert e is not None
         pacer.release(e, ok=True)
     assert pacer.current == 6
+
+
+def test_the_one_command_managed_disk_flow_passes_the_double(
+        tmp_path: Path, disk_a: Path, md: ManagedDiskDouble, azurite_url: str) -> None:
+    """Issue #13's create/grant/upload/revoke, its SAS rewritten to the double's md- host."""
+    from azure.storage.blob import BlobServiceClient
+
+    from armdouble import ArmDouble
+    from test_managed_disk import SUB, StaticToken
+    from vhdkit.azure_mgmt import Compute
+    from vhdkit.managed_upload import ManagedDiskRequest, managed_upload
+
+    def to_md(url: str) -> str:
+        parts = urlsplit(url)
+        container, blob = parts.path.strip("/").split("/")[-2:]
+        return md.sas_url(container, blob, parts.query)
+
+    service = BlobServiceClient(azurite_url, credential={"account_name": DEV_ACCOUNT,
+                                                         "account_key": DEV_KEY})
+    with ArmDouble(tmp_path, service, DEV_KEY, container="md-flow", sas_url=to_md) as arm:
+        api = Compute(StaticToken(), SUB, endpoint=arm.endpoint, verify=str(arm.cert),
+                      polling_interval=0)
+
+        def upload(sas: str) -> Any:
+            assert urlsplit(sas).hostname == md.host
+            blob = PageBlob(Target(sas_url=sas, connect_to=md.connect_to), 4)
+            try:
+                with open_disk(disk_a) as d:
+                    return upload_view(AzureView.of(d), blob,
+                                       UploadOptions(concurrency=4, resume=True, verify=True))
+            finally:
+                blob.close()
+
+        req = ManagedDiskRequest("data1", "rg1", os_type="Linux", hyper_v_generation="V2")
+        with open_disk(disk_a) as d:
+            result = managed_upload(AzureView.of(d), req, api, upload, preflight=None,
+                                    expect="specialized")
+        api.close()
+        assert result.upload.managed_disk and result.upload.verified is not None
+        blob = service.get_blob_client("md-flow", arm.blob_name("data1"))
+        size = blob.get_blob_properties().size
+        assert revoke_problems(size, blob.download_blob(offset=size - 512).readall()) == []
+    assert md.md.refused == []
