@@ -51,6 +51,8 @@ DISK_SCOPE = "https://disk.azure.com//.default"
 #: Get Page Ranges: first segment, smallest segment, and entries per answer page.
 LIST_SEGMENT = 1024 * 1024 * 1024
 MIN_LIST_SEGMENT = 4 * 1024 * 1024
+MAX_LIST_SEGMENT = 64 * LIST_SEGMENT
+SPARSE_SEGMENT = 1000  # ranges in a segment below which the next segment doubles
 LIST_PAGE_SIZE = 10_000
 #: The first API version whose Get Page Ranges answers in pages (NextMarker).
 PAGINATED_LISTING = "2020-10-02"
@@ -272,20 +274,23 @@ class PageBlob:
 
     def page_ranges(self, size: int) -> list[Extent]:
         """The blob's page ranges, listed in offset/length segments (an unsegmented listing of
-        a large fragmented blob times out): a segment that times out is halved and retried,
-        each answer page follows its NextMarker."""
+        a large fragmented blob times out): a segment that times out is halved and retried, one
+        with few ranges doubles the next (up to 64 GiB); each answer follows its NextMarker."""
         out: list[Extent] = []
         pos, seg = 0, self.list_segment
         while pos < size:
             length = min(seg, size - pos)
             try:
-                out += self._list_segment(pos, length)
+                got = self._list_segment(pos, length)
             except _ListingTimedOut:
                 if length <= MIN_LIST_SEGMENT:
                     raise
                 seg = max(MIN_LIST_SEGMENT, length // 2 // 512 * 512)
                 continue
+            out += got
             pos += length
+            if len(got) < SPARSE_SEGMENT and seg < MAX_LIST_SEGMENT:
+                seg *= 2  # few ranges here: an 8 TiB blob needs no 8,192 listings
         return merge(out)
 
     def _list_segment(self, offset: int, length: int) -> list[Extent]:
