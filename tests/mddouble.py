@@ -232,6 +232,8 @@ class ManagedDiskDouble(FaultProxy):
 
     def _paginate(self, req: Request, query: dict[str, list[str]], reply: Reply) -> Reply:
         """Azure pages Get Page Ranges (API 2020-10-02+); Azurite answers in one piece."""
+        if req.headers.get("x-ms-version", "") < "2020-10-02":
+            return reply  # older versions answer in one piece
         entries = _PAGE_RANGE.findall(reply.payload.decode())
         rng = self._range(req)
         if rng is not None:  # Azurite may ignore the range: keep what intersects it

@@ -299,14 +299,19 @@ class FakeCredential:
         return AccessToken(self.token, int(datetime.now(timezone.utc).timestamp()) + 3600)
 
 
-def _lib_upload(path: Path, sas: str, md: ManagedDiskDouble, cred: FakeCredential) -> None:
+def _lib_upload(path: Path, sas: str, md: ManagedDiskDouble,
+                cred: FakeCredential) -> list[tuple[int, int]]:
+    """Upload with --verify through the library; returns verify's progress reports."""
     target = Target(sas_url=sas, connect_to=md.connect_to, disk_credential=cred)
     blob = PageBlob(target, 4, RetryPolicy(attempts=2, base_s=0.05, cap_s=0.1))
+    reports: list[tuple[int, int]] = []
     try:
         with open_disk(path) as d:
-            upload_view(AzureView.of(d), blob, UploadOptions(concurrency=4, verify=True))
+            upload_view(AzureView.of(d), blob, UploadOptions(concurrency=4, verify=True),
+                        on_verify=lambda done, todo: reports.append((done, todo)))
     finally:
         blob.close()
+    return reports
 
 
 def test_entra_protected_disk_gets_a_bearer_token_for_the_disk_audience(
@@ -316,7 +321,8 @@ def test_entra_protected_disk_gets_a_bearer_token_for_the_disk_audience(
         monkeypatch.setenv(CONNECT_TO_ENV, md.connect_to)
         sas = new_disk(container, md)
         cred = FakeCredential()
-        _lib_upload(disk_b, sas, md, cred)
+        progress = _lib_upload(disk_b, sas, md, cred)
+        assert progress and progress[-1][0] == progress[-1][1] > 0  # verify showed progress
         assert set(cred.scopes) == {DISK_SCOPE} == {"https://disk.azure.com//.default"}
         assert set(md.md.authorization) == {"Bearer tok-123"} and md.md.refused == []
         # Without the token the disk refuses, and the error says so in one line.
@@ -349,6 +355,17 @@ def test_sas_from_an_environment_variable_or_stdin(
     assert json.loads(out)["managed_disk"] is True
     assert md.md.versions == {"2021-08-06"}
     assert container.get_blob_client("disk").download_blob().readall() == stream(disk_b)
+
+
+def test_an_old_api_version_lists_page_ranges_unpaginated(
+        disk_a: Path, md: ManagedDiskDouble, container: ContainerClient) -> None:
+    """Azure Stack Hub speaks 2019-era API versions: no NextMarker, listing still complete."""
+    sas = new_disk(container, md)
+    assert up(disk_a, sas, "--merge-gap", "0", "--api-version", "2019-07-07")[0] == 0
+    code, doc, err = up(disk_a, sas, "--resume", "--api-version", "2019-07-07")
+    assert code == 0, err
+    assert doc["bytes_sent"] == 0 and doc["bytes_present"] > 0
+    assert md.md.versions == {"2019-07-07"}
 
 
 def test_readme_managed_disk_flow_through_the_double(

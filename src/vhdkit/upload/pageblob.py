@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -299,7 +300,9 @@ class PageBlob:
         end = offset + length
         if self.client.api_version < PAGINATED_LISTING:  # Azure Stack: one answer per segment
             def whole() -> list[Extent]:
-                filled, _ = self.client.get_page_ranges(offset=offset, length=length)
+                with warnings.catch_warnings():  # deprecated, but the only call old versions have
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    filled, _ = self.client.get_page_ranges(offset=offset, length=length)
                 return [Extent(max(offset, r["start"]), min(end, r["end"] + 1)
                                - max(offset, r["start"])) for r in filled]
 
