@@ -9,6 +9,7 @@ import shlex
 from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up_mib
 from .errors import FormatError, ParentNotFound
 from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
+from .formats.base import file_size
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 from .report import Finding, Report, Severity
@@ -107,7 +108,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
     """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
     path = os.fspath(path)
     fmt = detect_format_lenient(path)
-    size = os.stat(path).st_size
+    size = file_size(path)  # the sizing of every command: block devices too
     if size < 512:
         # Too small to hold any disk: unreadable (exit 2), not a list of findings.
         problem = "empty file (0 bytes)" if size == 0 else f"truncated: only {size} bytes"
@@ -121,6 +122,11 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         disk = open_disk(path, parent, strict=False)
     except ParentNotFound as exc:
         j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
+        # Only a differencing VHD has a parent; the rest of it cannot be judged without one.
+        j.fail("vhd.type", "error", "differencing VHD: Azure accepts only fixed VHDs",
+               fix=j.convert_fix + " --parent PATH")
+        j.skip(*(r for r in RULES if r not in ("format", "vhd.cookie", "vhd.footer-checksum",
+                                               "vhd.version")))
     except FormatError as exc:
         rule = rule_for(exc)
         j.fail(rule, "error", f"{exc.field} at offset {exc.offset}: {exc.problem}",
@@ -133,7 +139,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         return j.finish(rules)
     with disk:
         j.report.facts.update({"format": fmt, "kind": disk.kind, "virtual_size": disk.size,
-                               "file_size": os.stat(path).st_size,
+                               "file_size": file_size(path),
                                "azure_size": round_up_mib(disk.size)})
         image: VhdImage | None = getattr(disk, "image", None)
         _format_rule(j, disk, image)

@@ -6,12 +6,12 @@ The layout is documented in docs/JSON.md; keys are only ever added, never rename
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from typing import Any
 
 from .extents import total
 from .formats import DynamicVhdDisk, VirtualDisk, open_disk
+from .formats.base import file_size
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import VHD_EPOCH, DiskType, Footer
 
@@ -82,14 +82,14 @@ def describe(disk: VirtualDisk) -> dict[str, Any]:
     """Facts about an opened disk."""
     image: VhdImage | None = getattr(disk, "image", None)
     fmt = "vhdx" if disk.kind == "vhdx" else ("vhd" if image is not None else "raw")
-    file_size = os.stat(disk.path).st_size
+    size_of_file = file_size(disk.path)
     out: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "path": disk.path,
         "format": fmt,
         "disk_type": disk.kind.removeprefix("vhd-") if fmt == "vhd" else None,
         "virtual_size": disk.size,
-        "file_size": file_size,
+        "file_size": size_of_file,
         "data_bytes": total(disk.extents()),
     }
     if image is not None:

@@ -120,22 +120,34 @@ def open_fd(path: str) -> tuple[int, int]:
     except OSError as exc:
         raise DiskIOError(f"{path}: {exc.strerror}") from exc
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise DiskIOError(f"{path}: is a directory, not a disk image")
-        if stat.S_ISBLK(st.st_mode):
-            size = os.lseek(fd, 0, os.SEEK_END)
-        elif stat.S_ISREG(st.st_mode):
-            size = st.st_size
-        else:
-            raise DiskIOError(f"{path}: is a {file_kind(st.st_mode)}, not a disk image "
-                              "(only regular files and block devices are read)")
+        size = fd_size(fd, os.fstat(fd).st_mode, path)
         if hasattr(os, "O_NONBLOCK"):  # reads of a regular file or a disk never block anyway
             os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd, size
+
+
+def fd_size(fd: int, mode: int, path: str) -> int:
+    """The size of an open disk: ``st_size`` for a regular file, the end offset for a block
+    device (whose ``st_size`` is 0). The one sizing path of every command; refuses anything
+    else (FIFO, character device, socket, directory)."""
+    if stat.S_ISREG(mode):
+        return os.fstat(fd).st_size
+    if stat.S_ISBLK(mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    if stat.S_ISDIR(mode):
+        raise DiskIOError(f"{path}: is a directory, not a disk image")
+    raise DiskIOError(f"{path}: is a {file_kind(mode)}, not a disk image "
+                      "(only regular files and block devices are read)")
+
+
+def file_size(path: str) -> int:
+    """Size in bytes of the disk file at ``path``, through the same checks as ``open_fd``."""
+    fd, size = open_fd(path)
+    os.close(fd)
+    return size
 
 
 def file_kind(mode: int) -> str:

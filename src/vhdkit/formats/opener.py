@@ -11,7 +11,9 @@ from .detect import BY_KEY, detect, refusal
 from .raw import RawDisk
 from .vhd import open_vhd_disk
 
-MAX_PARENT_DEPTH = 32
+#: Longest chain of parents (or backing files) vhdkit opens. Loops are found by file identity,
+#: not by this limit; it only bounds open files and recursion (documented in README).
+MAX_PARENT_DEPTH = 128
 
 
 class ChainContext:
@@ -64,14 +66,17 @@ def _raw(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -
 
 def _vhd(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
     return open_vhd_disk(path, fd, size, parent=parent, strict=ctx.strict,
-                         open_parent=ctx.open_parent)
+                         open_parent=ctx.open_parent, resolve=ctx.resolve)
 
 
 def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
     from .vhdx import VhdxDisk  # libvhdi, numpy and construct load only for a VHDX
 
-    os.close(fd)  # libvhdi opens the file itself
-    return VhdxDisk(path)
+    # libvhdi reads VHDs too: a forced --format vhdx must not accept one.
+    if os.pread(fd, 8, 0) != b"vhdxfile":
+        os.close(fd)
+        raise FormatError("signature", 0, "not a VHDX file (no 'vhdxfile' signature)")
+    return VhdxDisk(path, fd)
 
 
 READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx}
@@ -108,7 +113,8 @@ def open_disk(
 def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: int,
           seen: frozenset[tuple[int, int]]) -> VirtualDisk:
     if depth > MAX_PARENT_DEPTH:
-        raise ParentNotFound(f"{path}: parent chain deeper than {MAX_PARENT_DEPTH} disks")
+        raise ParentNotFound(f"{path}: the chain of parents is longer than vhdkit's limit of "
+                             f"{MAX_PARENT_DEPTH} disks")
     if fmt is not None and fmt not in READERS:
         sig = BY_KEY.get(fmt)
         if sig is not None:

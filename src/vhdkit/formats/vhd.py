@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ParentNotFound
+from ..errors import DiskIOError, FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import SECTOR, Extent, merge
 from .base import VirtualDisk, pread_into, zero_fill
 from .raw import RawDisk
-from .vhd_image import VhdImage, open_vhd
-from .vhd_structs import BAT_UNUSED, DiskType, Footer
+from .vhd_image import Anomaly, VhdImage, open_vhd
+from .vhd_structs import BAT_UNUSED, HEADER_OFFSETS, DiskType, Footer
 
 if TYPE_CHECKING:
     pass
@@ -147,12 +149,14 @@ class DynamicVhdDisk(VirtualDisk):
             self.parent.close()
 
 
-#: Opens a parent disk by path (the chain opener of formats/opener.py: depth, loops, identity).
+#: Opens a parent disk by path (the chain opener of formats/opener.py: depth, loops).
 OpenParent = Callable[[str], VirtualDisk]
+#: Turns a reference stored in the child into a path; refuses one leaving the child's tree.
+Resolve = Callable[[str, str], str]
 
 
 def open_vhd_disk(path: str, fd: int, size: int, *, parent: str | None, strict: bool,
-                  open_parent: OpenParent) -> VirtualDisk:
+                  open_parent: OpenParent, resolve: Resolve) -> VirtualDisk:
     """A VHD of any type; takes ownership of ``fd`` (closed when this fails)."""
     try:
         image = open_vhd(path, fd, size, strict=strict)
@@ -164,55 +168,116 @@ def open_vhd_disk(path: str, fd: int, size: int, *, parent: str | None, strict: 
     try:
         par = None
         if image.disk_type == DiskType.DIFFERENCING:
-            par = _open_parent(image, parent, open_parent)
+            par = _open_parent(image, parent, open_parent, resolve)
         return DynamicVhdDisk(image, par)
     except BaseException:
         image.close()
         raise
 
 
-def parent_candidates(image: VhdImage) -> list[str]:
-    """Where the parent may be: locators (relative first), then its name beside the child."""
+@dataclass(frozen=True)
+class ParentReference:
+    """A place the child names its parent: a locator's path or the header's parent name."""
+
+    text: str
+    field: str
+    offset: int
+
+
+def parent_references(image: VhdImage) -> list[ParentReference]:
+    """Where the parent may be, as stored in the child: locators (relative first, each also by
+    its bare name beside the child), then the header's parent name beside the child."""
     assert image.header is not None
-    here = os.path.dirname(os.path.abspath(image.path))
-    out: list[str] = []
+    out: list[ParentReference] = []
     order = {"W2ru": 0, "Wi2r": 1, "W2ku": 2, "Wi2k": 3, "MacX": 4, "Mac ": 5}
+    loc_base = image.header_offset + HEADER_OFFSETS["parent_locators"]
     for loc in sorted(image.locators, key=lambda x: order.get(x.platform_code, 9)):
         text = loc.path.replace("\\", "/")
-        if loc.platform_code in ("W2ru", "Wi2r"):
-            out.append(os.path.normpath(os.path.join(here, text)))
-        elif text.startswith("/"):
-            out.append(text)
-        # An absolute Windows path ("C:/disks/parent.vhd") rarely exists here; try its name.
-        out.append(os.path.join(here, os.path.basename(text)))
-    name = image.header.parent_name_text.replace("\\", "/")
+        where = (f"header.parent_locators[{loc.index}]", loc_base + 24 * loc.index)
+        if text:
+            out.append(ParentReference(text, *where))
+            # An absolute Windows path ("C:/disks/parent.vhd") rarely exists here; try its name.
+            if os.path.basename(text) not in ("", text):
+                out.append(ParentReference(os.path.basename(text), *where))
+    name = os.path.basename(image.header.parent_name_text.replace("\\", "/"))
     if name:
-        out.append(os.path.join(here, os.path.basename(name)))
-    return list(dict.fromkeys(out))
+        out.append(ParentReference(name, "header.parent_name",
+                                   image.header_offset + HEADER_OFFSETS["parent_name"]))
+    return out
 
 
-def _open_parent(image: VhdImage, parent: str | None, open_parent: OpenParent) -> VirtualDisk:
-    assert image.header is not None
-    tried = [parent] if parent else parent_candidates(image)
-    found = next((p for p in tried if os.path.isfile(p)), None)
-    if found is None:
-        shown = ", ".join(tried) or "no parent locators"
-        raise ParentNotFound(f"{image.path}: parent disk not found (tried {shown}); "
-                             "give it with --parent PATH")
-    disk = open_parent(found)
-    want = image.header.parent_unique_id
-    got = _unique_id(disk)
-    if got is not None and got != want:
+def _open_parent(image: VhdImage, parent: str | None, open_parent: OpenParent,
+                 resolve: Resolve) -> VirtualDisk:
+    """The parent: the explicit ``parent``, or the first reference that stays inside the child's
+    directory tree and names a VHD whose unique id is the one the child records."""
+    header = image.header
+    assert header is not None
+    want = header.parent_unique_id
+    if not any(want):
+        raise ParentNotFound(
+            f"{image.path}: header.parent_unique_id at offset "
+            f"{image.header_offset + HEADER_OFFSETS['parent_unique_id']} is all zeros: the "
+            "disk does not say which disk its parent is, and vhdkit does not guess")
+    if parent is not None:  # named by the user: trusted location, identity still checked
+        candidates = [parent]
+        refused: list[str] = []
+    else:
+        candidates, refused = _resolve_references(image, resolve)
+    rejected: list[str] = []
+    for path in dict.fromkeys(candidates):
+        if parent is None and not os.path.exists(path):
+            continue
+        try:
+            disk = open_parent(path)
+        except (FormatError, DiskIOError, UnsupportedDisk) as exc:
+            if parent is not None:
+                raise
+            rejected.append(f"{path}: {exc}")
+            continue
+        why = _identity_problem(disk, want)
+        if why is None:
+            return disk
         disk.close()
-        raise ParentNotFound(f"{image.path}: parent {found} has unique id {got.hex()}, "
-                             f"the child expects {want.hex()}")
-    return disk
+        rejected.append(f"{path} {why}")
+    if parent is not None:
+        raise ParentNotFound(f"{image.path}: the parent given, {rejected[0]}")
+    parts = [f"{image.path}: parent disk not found"]
+    if rejected:
+        parts.append("; rejected: " + "; ".join(rejected))
+    if refused:
+        parts.append("; not followed (outside the disk's directory): " + ", ".join(refused))
+    tried = ", ".join(dict.fromkeys(candidates)) or "no parent locators"
+    parts.append(f"; tried {tried}; name the parent with --parent PATH")
+    raise ParentNotFound("".join(parts))
 
 
-def _unique_id(disk: VirtualDisk) -> bytes | None:
+def _resolve_references(image: VhdImage, resolve: Resolve) -> tuple[list[str], list[str]]:
+    """Paths of the references inside the child's tree, and the refused ones (each reported
+    as a ``vhd.parent-locator`` warning on the image)."""
+    paths: list[str] = []
+    refused: list[str] = []
+    for ref in parent_references(image):
+        try:
+            paths.append(resolve(image.path, ref.text))
+        except ParentNotFound:
+            refused.append(repr(ref.text))
+            image.anomalies.append(Anomaly("vhd.parent-locator", FormatError(
+                ref.field, ref.offset,
+                f"refers to {ref.text!r}, outside the disk's directory: not followed (name the "
+                "parent with --parent PATH if you trust it)"), "warning"))
+    return paths, refused
+
+
+def _identity_problem(disk: VirtualDisk, want: bytes) -> str | None:
+    """Why ``disk`` is not the parent whose unique id is ``want`` (None when it is)."""
     image = getattr(disk, "image", None)
-    if isinstance(image, VhdImage):
-        return image.footer.unique_id
+    if not isinstance(image, VhdImage):
+        return (f"is a {disk.kind} disk, not a VHD: the parent of a VHD differencing disk is "
+                "a VHD")
+    got = image.footer.unique_id
+    if got != want:
+        return (f"has unique id {uuid.UUID(bytes=got)}, the child expects "
+                f"{uuid.UUID(bytes=want)}")
     return None
 
 

@@ -92,11 +92,17 @@ def vhdx_extents(path: str) -> list[Extent] | None:
     except OSError:
         return None
     try:
+        return vhdx_extents_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def vhdx_extents_fd(fd: int) -> list[Extent] | None:
+    """``vhdx_extents`` of an open file (left open)."""
+    try:
         return _extents(fd, os.fstat(fd).st_size)
     except (cs.ConstructError, ValueError, OverflowError):
         return None
-    finally:
-        os.close(fd)
 
 
 def _extents(fd: int, file_size: int) -> list[Extent] | None:
