@@ -26,6 +26,7 @@ from .formats.vhd_structs import (
     Footer,
     chs_geometry,
 )
+from .sizes import MAX_SIZE, check_size
 
 MIB = 1024 * 1024
 #: Azure managed-disk bounds on the virtual size (the upload size minus the footer).
@@ -95,7 +96,11 @@ class AzureView:
         """The Azure view of ``disk``, rounded up to a whole MiB, or exactly ``size`` if given."""
         if size is None:
             target = round_up_mib(disk.size)
+            if target > MAX_SIZE:
+                raise UsageError(f"virtual size {disk.size} is too large: vhdkit writes at most "
+                                 f"{MAX_SIZE} bytes")
         else:
+            check_size(size)
             if size % MIB:
                 raise UsageError(f"size {size} is not a whole number of MiB "
                                  f"(next whole MiB: {round_up_mib(size)})")

@@ -2,20 +2,23 @@
 
 ``convert`` reads only the source's data extents in bounded chunks, writes only the non-zero
 sectors into a temporary file that was first extended to its full size (so zeros stay holes),
-writes the footer last, fsyncs, and renames the temporary over DST. ``convert_in_place`` grows a
-fixed VHD to a whole MiB without copying, through a small journal so that a rerun finishes an
-interrupted run.
+writes the footer last, fsyncs, and moves the temporary into place: exclusively (a hard link that
+fails when DST exists, so of two concurrent converts exactly one wins) or, with ``force``, by a
+rename over a regular file (never over a device, FIFO or symbolic link). ``convert_in_place``
+grows a fixed VHD to a whole MiB without copying, through a small journal so that a rerun
+finishes an interrupted run.
 
 Test-only hook: when the environment variable ``VHDKIT_TEST_CRASH_AT`` names a step (see
 :data:`CRASH_POINTS`), the process kills itself with SIGKILL at that step. The crash-safety tests
-use it to stop a real process at a precise point; nothing else should set it.
+use it to stop a real process at a precise point; nothing else should set it. Likewise
+``VHDKIT_TEST_RACE_HOLD`` holds a finished output just before it is moved into place (see
+:func:`_race_window`), so that the race tests can force two converts into the same window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import stat
 import time
@@ -28,6 +31,14 @@ from .errors import ConvertError, DiskIOError
 from .extents import Extent, align_to_sectors, total
 from .formats import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
 from .formats.vhd_structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
+from .outputs import (
+    TMP_MARK,
+    clean_stale_temporaries,
+    move_into_place,
+    refuse_output,
+    same_file,
+    temp_path,
+)
 from .report import Report
 from .sparse_io import (
     CHUNK,
@@ -39,9 +50,9 @@ from .sparse_io import (
 )
 
 CRASH_ENV = "VHDKIT_TEST_CRASH_AT"
+RACE_ENV = "VHDKIT_TEST_RACE_HOLD"
 CRASH_POINTS = ("after-data", "after-footer", "before-rename", "after-rename",
                 "inplace-after-journal", "inplace-after-footer", "inplace-after-zero")
-TMP_MARK = ".vhdkit-tmp-"
 JOURNAL_SUFFIX = ".vhdkit-inplace"
 
 #: progress(phase, done, total): phase is "convert" or "verify"; bytes of data extents
@@ -70,6 +81,8 @@ class ConvertResult:
     unchanged: bool = False
     digest: str | None = None
     verified: bool = False
+    #: hidden temporaries of killed runs (dead processes) removed from the destination's directory
+    stale_temporaries_removed: list[str] = field(default_factory=list)
     report: Report | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +92,18 @@ class ConvertResult:
             out["check"] = {"ready": self.report.ready,
                             "errors": [f.to_dict() for f in self.report.errors]}
         return out
+
+
+def _race_window() -> None:
+    """Test-only: hold the output just before it is moved into place, until the file named by
+    VHDKIT_TEST_RACE_HOLD exists, so a test can run a second convert into that window."""
+    hold = os.environ.get(RACE_ENV)
+    if hold:
+        with contextlib.suppress(OSError):
+            os.close(os.open(f"{hold}.{os.getpid()}.ready", os.O_CREAT | os.O_WRONLY, 0o644))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _crash_point(name: str) -> None:
@@ -97,19 +122,10 @@ def _chain(disk: VirtualDisk) -> list[VirtualDisk]:
     return out
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino) or (
-        os.path.realpath(a) == os.path.realpath(b))
-
-
 def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
     chain = _chain(disk)
     for i, member in enumerate(chain):
-        if member.path and _same_file(member.path, dst):
+        if member.path and same_file(member.path, dst):
             if i == 0:
                 raise ConvertError(f"{dst} is the source disk itself; choose another destination")
             raise ConvertError(f"{dst} is the parent disk {member.path} of {disk.path}; "
@@ -117,6 +133,7 @@ def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
     if os.path.lexists(dst):
         if os.path.isdir(dst):
             raise ConvertError(f"{dst} is a directory; give the path of the VHD file to write")
+        refuse_output(dst, (), "destination")  # a device, FIFO or symbolic link: never replaced
         if not force:
             raise ConvertError(f"{dst} already exists; use --force to replace it")
 
@@ -127,40 +144,6 @@ def _check_space(directory: str, needed: int) -> None:
     if needed > free:
         raise ConvertError(f"not enough free space in {directory}: up to {needed} bytes of data "
                            f"to write, {free} bytes available")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temporaries(dst: str) -> list[str]:
-    """Remove temporaries of ``dst`` left by killed runs (never those of a live process)."""
-    directory, name = os.path.split(os.path.abspath(dst))
-    prefix = f".{name}{TMP_MARK}"
-    removed = []
-    for entry in os.listdir(directory):
-        if not entry.startswith(prefix):
-            continue
-        pid_text = entry[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, entry))
-            removed.append(entry)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _temp_path(dst: str) -> str:
-    directory, name = os.path.split(os.path.abspath(dst))
-    return os.path.join(directory, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | None,
@@ -200,14 +183,18 @@ def convert_disk(
         if not os.path.isdir(directory):
             raise DiskIOError(f"{directory}: no such directory")
         _check_space(directory, data_bytes + FOOTER_SIZE)
-        clean_stale_temporaries(dst)
-        tmp = _temp_path(dst)
+        stale = clean_stale_temporaries(directory)
+        tmp = temp_path(dst)
         try:
-            written, digest = _write_temp(view, extents, tmp, chunk, verify, progress)
+            try:
+                written, digest = _write_temp(view, extents, tmp, chunk, verify, progress)
+            except OSError as exc:  # name the destination, not the hidden temporary
+                raise DiskIOError(f"{dst}: {exc.strerror or exc} (while writing)") from None
             if verify:
                 _verify_copy(tmp, view, digest, chunk, progress)
             _crash_point("before-rename")
-            os.replace(tmp, dst)
+            _race_window()
+            move_into_place(tmp, dst, replace=force)
         except BaseException:
             _unlink_quiet(tmp)
             raise
@@ -222,7 +209,8 @@ def convert_disk(
             source=disk.path, destination=dst, input_kind=disk.kind, source_size=disk.size,
             virtual_size=view.virtual_size, file_size=view.stream_size, data_bytes=data_bytes,
             bytes_written=written, allocated_bytes=os.stat(dst).st_blocks * 512,
-            seconds=time.monotonic() - started, digest=digest, verified=verify, report=report)
+            seconds=time.monotonic() - started, digest=digest, verified=verify, report=report,
+            stale_temporaries_removed=stale)
     finally:
         if owned:
             disk.close()
@@ -446,5 +434,5 @@ def _in_place_result(path: str, kind: str, old: int, new: int, started: float, r
         recovered=recovered, unchanged=unchanged)
 
 
-__all__ = ["ConvertResult", "clean_stale_temporaries", "convert_disk", "convert_in_place",
-           "journal_path"]
+__all__ = ["TMP_MARK", "ConvertResult", "clean_stale_temporaries", "convert_disk",
+           "convert_in_place", "journal_path"]

@@ -3,10 +3,12 @@ size). matplotlib is an optional extra, imported only here and only when a plot 
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from typing import Any
 
 from ..errors import UsageError
+from ..outputs import write_report
 from .runner import BenchRun, short_size
 
 MIB = 1 << 20
@@ -52,4 +54,6 @@ def plot(runs: list[BenchRun], path: str, title: str = "vhdkit bench") -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_report(path, buf.getvalue())

@@ -22,6 +22,7 @@ from .. import __version__
 from ..azure_view import AzureView
 from ..errors import UploadError, UsageError
 from ..formats import VirtualDisk, open_disk
+from ..sizes import check_size
 from ..upload import DEFAULT_MERGE_GAP, UploadOptions, upload_view
 from ..upload.types import MAX_WRITE, check_max_write
 from .storage import BenchDestination
@@ -57,6 +58,7 @@ class BenchConfig:
             raise UsageError("--shape disk needs --disk PATH")
         if self.disk is not None and "disk" not in self.shapes:
             raise UsageError("--disk is measured only with --shape disk")
+        check_size(self.size)
         if self.size <= 0 or self.size % 512:
             raise UsageError(f"size {self.size}: must be a positive multiple of 512")
         if not 0.0 < self.fraction <= 1.0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn, TypeVar
 
 import click
@@ -43,9 +43,17 @@ def emit(text: str) -> None:
     click.echo(redact(text))
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a report file (JUnit, JSON) for CI; errors become exit 2 through ``run``."""
-    def body() -> None:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    run(body)
+def write_text(path: str, text: str, protect: Iterable[str] = ()) -> None:
+    """Write a report file (JUnit, JSON) for CI, atomically, never over an input disk in
+    ``protect`` or a non-regular file; errors become exit 2 through ``run``."""
+    from ..outputs import write_report
+
+    run(lambda: write_report(path, text.encode("utf-8"), protect))
+
+
+def refuse_report_path(path: str | None, disk: str, parent: str | None) -> None:
+    """Exit 2 before any work when a report path is the disk or one of its parents."""
+    if path is not None:
+        from ..outputs import disk_files, refuse_output
+
+        run(lambda: refuse_output(path, disk_files(disk, parent), "report"))

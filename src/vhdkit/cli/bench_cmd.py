@@ -139,6 +139,10 @@ def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: st
             raise UsageError("--container is required with this destination")
         if plot_path is not None:
             require_matplotlib()
+            if disk is not None:
+                from ..outputs import disk_files, refuse_output
+
+                refuse_output(plot_path, disk_files(disk), "chart")
         return config, BenchDestination(where)
 
     config, target = run(prepare)

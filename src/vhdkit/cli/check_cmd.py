@@ -11,7 +11,7 @@ from ..errors import VhdkitError
 from ..expectations import EXPECTATIONS
 from ..report import Finding, Report, render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, write_text
 
 
 @main.command()
@@ -41,10 +41,13 @@ def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: st
                                        f"cannot inspect the OS inside: {exc}")])
         return report
 
+    refuse_report_path(junit, disk, parent)
     report = run(body)
     if junit:
         xml = render_junit(report, suite="vhdkit.check")
-        write_text(junit, xml)
+        from ..outputs import disk_files
+
+        write_text(junit, xml, disk_files(disk, parent))
     emit(render_json(report) if as_json else render_text(report, verbose=verbose))
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
 

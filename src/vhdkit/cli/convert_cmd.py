@@ -124,6 +124,10 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
         result = run(work)
     finally:
         bars.close()
+    if result.stale_temporaries_removed and not quiet:
+        click.echo(f"vhdkit: notice: removed {len(result.stale_temporaries_removed)} temporary "
+                   "file(s) left by killed runs: "
+                   f"{', '.join(result.stale_temporaries_removed)}", err=True)
     if as_json:
         emit(json.dumps(result.to_dict(), indent=2))
     elif not quiet:

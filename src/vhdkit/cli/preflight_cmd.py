@@ -7,10 +7,11 @@ from typing import Any
 
 import click
 
+from ..outputs import disk_files
 from ..preflight.engine import preflight_path
 from ..report import render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, write_text
 
 
 @main.command()
@@ -29,10 +30,11 @@ def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: 
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
+    refuse_report_path(junit, disk, parent)
     report = run(lambda: preflight_path(disk, parent, expect))
     if junit:
         xml = render_junit(report, suite="vhdkit.preflight")
-        write_text(junit, xml)
+        write_text(junit, xml, disk_files(disk, parent))
     emit(render_json(report) if as_json else f"{render_text(report, verbose=verbose)}\n"
          f"{describe_os(report.facts)}")
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
