@@ -30,6 +30,7 @@ from .azure_view import AzureView, fixed_footer
 from .errors import ConvertError, DiskIOError
 from .extents import Extent, align_to_sectors, total
 from .formats import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
+from .formats.base import file_kind
 from .formats.vhd_structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
 from .outputs import (
     TMP_MARK,
@@ -372,7 +373,8 @@ def convert_in_place(path: str | os.PathLike[str], size: int | None = None) -> C
     path = os.fspath(path)
     journal = journal_path(path)
     try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO or a device must not hang the open; regular files only below.
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError as exc:
         raise DiskIOError(f"{path}: no such file") from exc
     except PermissionError as exc:
@@ -380,8 +382,11 @@ def convert_in_place(path: str | os.PathLike[str], size: int | None = None) -> C
     except IsADirectoryError as exc:
         raise DiskIOError(f"{path}: is a directory, not a disk image") from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConvertError(f"{path}: --in-place works on regular files only")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConvertError(f"{path}: is a {file_kind(mode)}; --in-place works on regular "
+                               "files only")
+        os.set_blocking(fd, True)
         recovered = False
         pending = _read_journal(journal)
         if pending is not None:
