@@ -244,7 +244,7 @@ def _read_dynamic(img: VhdImage, note: Any) -> None:
                           f"extends past the end of the file ({img.file_size} bytes)")
     # Only the entries that map the virtual size are used; the rest are checked for bounds above.
     used = min(entries, needed)
-    bat = parse_bat(pread_exact(fd, used * 4, toff, "BAT")).copy()
+    bat = parse_bat(pread_exact(fd, used * 4, toff, "BAT"))  # a new, writable array
     img.metadata_bytes_read += used * 4
     _check_blocks(img, bat, note)
     img.bat = bat
@@ -259,28 +259,40 @@ def _check_blocks(img: VhdImage, bat: np.ndarray[Any, np.dtype[np.uint32]], note
     assert img.header is not None
     toff = img.header.table_offset
     span = img.bitmap_size + img.header.block_size
-    idx = np.flatnonzero(bat != BAT_UNUSED)
-    if idx.size == 0:
+    # In sectors and uint32 (a BAT entry's own type), so that millions of entries stay cheap;
+    # indices are looked up only for the first offender of each rule.
+    used = bat != BAT_UNUSED
+    if not used.any():
         return
-    starts = bat[idx].astype(np.int64) * SECTOR
-    past = np.flatnonzero(starts + span > img.data_end)
-    for i in idx[past][:1].tolist():
+    span_s = span // SECTOR  # bitmap and block sizes are whole sectors
+    last_ok = img.data_end - span  # the last byte offset a block may start at
+    past = used.copy() if last_ok < 0 else used & (bat > min(last_ok // SECTOR, 0xFFFFFFFF))
+    for i in np.flatnonzero(past)[:1].tolist():
         s = int(bat[i]) * SECTOR
         note("vhd.bat-range",
              FormatError(f"bat[{i}]", toff + 4 * i,
                          f"block at byte {s} ends at {s + span}, past the end of data at "
                          f"{img.data_end}"))
-    bat[idx[past]] = BAT_UNUSED
+    bat[past] = BAT_UNUSED
+    used &= ~past
+    del past
     meta_end = max(img.header_offset + HEADER_SIZE, toff + img.header.max_table_entries * 4)
-    inside = np.flatnonzero((starts < meta_end) & (starts + span > FOOTER_SIZE))
-    for i in idx[inside][:1].tolist():
+    # overlaps [FOOTER_SIZE, meta_end): starts before meta_end and ends after the head footer
+    inside = used & (bat < min(-(-meta_end // SECTOR), 0xFFFFFFFF))
+    if FOOTER_SIZE - span >= 0:
+        inside &= bat > (FOOTER_SIZE - span) // SECTOR
+    for i in np.flatnonzero(inside)[:1].tolist():
         note("vhd.bat-overlap",
              FormatError(f"bat[{i}]", toff + 4 * i,
                          f"block at byte {int(bat[i]) * SECTOR} overlaps the header or BAT"))
-    order = np.argsort(starts, kind="stable")
-    sorted_starts = starts[order]
-    clash = np.flatnonzero(np.diff(sorted_starts) < span)
-    for k in clash[:1].tolist():
+    del inside
+    vals = bat[used]
+    if vals.size > 1 and bool((vals[1:] < vals[:-1]).any()):  # usually in file order already
+        vals.sort()
+    if vals.size > 1 and bool((np.diff(vals) < span_s).any()):
+        idx = np.flatnonzero(used)
+        order = np.argsort(bat[idx], kind="stable")
+        k = int(np.flatnonzero(np.diff(bat[idx][order].astype(np.int64)) < span_s)[0])
         a, b = int(idx[order[k]]), int(idx[order[k + 1]])
         note("vhd.bat-overlap",
              FormatError(f"bat[{b}]", toff + 4 * b,
