@@ -294,3 +294,34 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_reported(
     assert res.returncode == 0, res.stderr
     assert "removed 2 temporary file(s) left by killed runs" in res.stderr
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, "o.vhd"])
+
+
+# ---- case 9: tiny blocks cost memory in proportion to the data ------------------------------
+
+def test_tiny_blocks_every_entry_allocated_stays_bounded(tmp_path: Path) -> None:
+    """512-byte blocks, every BAT entry allocated (the issue's image, scaled down to 128 MiB):
+    right answers, and traced memory far below one object per block. Speed is measured by
+    benchmarks/bench_tiny_blocks.py, not here."""
+    import tracemalloc
+
+    from benchmarks.bench_tiny_blocks import build
+    from vhdkit.formats import open_disk
+
+    empty, full = tmp_path / "empty.vhd", tmp_path / "full.vhd"
+    build(empty, 128 * MIB, full_bitmaps=False)  # 256 Ki entries, bitmaps all zero
+    build(full, 16 * MIB, full_bitmaps=True)  # 32 Ki blocks, every sector present
+    tracemalloc.start()
+    try:
+        with open_disk(empty) as disk:
+            assert disk.extents() == []
+            assert disk.read_at(0, 4 * MIB) == bytes(4 * MIB)
+        with open_disk(full) as disk:
+            assert [(e.start, e.length) for e in disk.extents()] == [(0, 16 * MIB)]
+            data = b"".join(disk.read_at(o, 4 * MIB) for o in range(0, 16 * MIB, 4 * MIB))
+            assert data[::512] == b"\x5a" * (16 * MIB // 512)
+            assert data.count(0) == 16 * MIB - 16 * MIB // 512
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the 16 MiB result and a 4 MiB request's buffers are counted: the rest stays small
+    assert peak < 40 * MIB, peak
