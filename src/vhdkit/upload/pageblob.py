@@ -7,6 +7,8 @@ keys and signatures redacted.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import time
 import warnings
@@ -25,15 +27,17 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
-from azure.storage.blob import BlobClient, BlobType, ContentSettings
+from azure.storage.blob import BlobClient, BlobLeaseClient, BlobType, ContentSettings
 
 from ..errors import UploadError
 from ..extents import Extent, merge
-from ..secrets import redact
+from ..secrets import install_log_redaction, redact
+from ..secrets import register as register_secrets
 from .engine import RetryPolicy
-from .types import ReadForbidden, Target, TransientError
+from .types import BlobExists, ReadForbidden, Target, TransientError, WriterConflict
 
 T = TypeVar("T")
+E = TypeVar("E", bound=UploadError)
 
 #: Azurite's well-known development account (public and documented: not a secret).
 EMULATOR_ACCOUNT = "devstoreaccount1"
@@ -45,6 +49,10 @@ READ_TIMEOUT_S = 120
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 #: Answers that mean "slow down" (the engine lowers its concurrency), not only "try again".
 THROTTLE_CODES = {"ServerBusy", "OperationTimedOut", "TooManyRequests"}
+#: Error codes saying that another writer holds the blob (lease) or moved its sequence number.
+WRITER_CONFLICTS = {"LeaseAlreadyPresent", "LeaseIdMissing", "LeaseIdMismatchWithBlobOperation",
+                    "LeaseIdMismatchWithLeaseOperation", "LeaseLost",
+                    "LeaseNotPresentWithBlobOperation", "SequenceNumberConditionNotMet"}
 #: Entra ID scope of a managed disk's data plane. The audience is ``https://disk.azure.com/``
 #: *with* its slash; the v2 scope of a v1 resource is resource + "/.default", hence "//". (The
 #: storage SDK's ``audience=`` strips the slash, so vhdkit asks for the scope itself.)
@@ -89,6 +97,22 @@ def _account_name(url: str) -> str:
 def _error_code(exc: HttpResponseError) -> str:
     code = getattr(exc, "error_code", None) or exc.reason or ""
     return str(getattr(code, "value", code))  # the SDK may hand back a StorageErrorCode enum
+
+
+def _check_key(key: str) -> None:
+    """A storage account key is base64; anything else would fail later as an opaque "HTTP 0"."""
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError("--account-key is not a storage account key (expected base64, as "
+                          "shown by az storage account keys list)") from None
+
+
+def _status(err: E, status: int) -> E:
+    """The HTTP status on a translated error: callers test it instead of the SDK error, which
+    is never chained (its text holds the URL with its SAS)."""
+    err.status = status  # type: ignore[attr-defined]
+    return err
 
 
 def _is_timeout(exc: Exception) -> bool:
@@ -136,6 +160,12 @@ class PageBlob:
         self.list_page_size = LIST_PAGE_SIZE
         self.list_calls = 0  # Get Page Ranges requests answered (reported by tests)
         self._secrets = target.secrets()
+        register_secrets(self._secrets)
+        install_log_redaction()
+        #: set by upload/writer_lock.py: the lease every write carries, or the sequence number
+        #: every Put Page is conditioned on (one writer per blob)
+        self.lease_id: str | None = None
+        self.sequence: int | None = None
         session = requests.Session()
         pool: dict[str, Any] = dict(pool_connections=2, pool_maxsize=max(4, concurrency + 2))
         adapter = (_ConnectTo(target.connect_to, **pool) if target.connect_to
@@ -148,12 +178,15 @@ class PageBlob:
             retry_total=0, connection_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
         if target.api_version:
             kwargs["api_version"] = target.api_version
+        err = None
         try:
             self.client = self._make_client(target, kwargs)
         except UploadError:
             raise
         except (ValueError, AzureError) as exc:
-            raise UploadError(self._clean(f"invalid destination: {exc}")) from exc
+            err = UploadError(self._clean(f"invalid destination: {exc}"))
+        if err is not None:  # outside the except block: the SDK's text (a key?) is not chained
+            raise err
         self.name = _strip_query(self.client.url)
 
     def _make_client(self, t: Target, kw: dict[str, Any]) -> BlobClient:
@@ -186,6 +219,7 @@ class PageBlob:
                               "--connection-string or --emulator")
         url = t.account_url.rstrip("/")
         if t.account_key:
+            _check_key(t.account_key)
             cred = {"account_name": _account_name(url), "account_key": t.account_key}
         else:
             from azure.identity import DefaultAzureCredential
@@ -211,14 +245,20 @@ class PageBlob:
                 text += " (access denied: check the account key, or the SAS expiry and permissions)"
             elif code == "ContainerNotFound":
                 text = f"{where}: container {self.client.container_name!r} does not exist"
+                if not self.target.is_sas:
+                    text += " (rerun with --create-container to create it)"
+            elif code in WRITER_CONFLICTS:
+                return _status(WriterConflict(self._clean(
+                    f"{where}: another upload is writing this blob (HTTP {status} {code})")),
+                    status)
             elif status in RETRYABLE_STATUS:
                 throttled = status in (429, 503) or code in THROTTLE_CODES
-                return TransientError(self._clean(text), throttled=throttled)
+                return _status(TransientError(self._clean(text), throttled=throttled), status)
             else:
                 first = (exc.message or "").splitlines()[0] if exc.message else ""
                 if first and code not in first:
                     text += f": {first}"
-            return UploadError(self._clean(text))
+            return _status(UploadError(self._clean(text)), status)
         if isinstance(exc, ServiceRequestError | ServiceResponseError):
             return TransientError(self._clean(f"{where}: {type(exc).__name__}: {exc}"))
         if isinstance(exc, AzureError | requests.RequestException | OSError | ValueError):
@@ -234,32 +274,78 @@ class PageBlob:
                 return fn()
             except Exception as exc:  # translated (or re-raised) below
                 err = self._translate(action, exc)
-                attempt += 1
-                wait = self.retry.delay(attempt - 1)
-                if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
-                        or time.monotonic() + wait > deadline):
-                    raise err from exc
+            # Raised outside the except block: the SDK error (whose text holds the URL with
+            # its SAS) is neither __cause__ nor __context__ of vhdkit's error.
+            attempt += 1
+            wait = self.retry.delay(attempt - 1)
+            if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
+                    or time.monotonic() + wait > deadline):
+                raise err
             time.sleep(wait)
 
     # -- operations ----------------------------------------------------------------------
     def state(self) -> BlobState | None:
         """Size, type and metadata; None when the blob does not exist (its container must)."""
+        err = None
         try:
             props = self.client.get_blob_properties()
         except HttpResponseError as exc:
             if exc.status_code == 404 and _error_code(exc) != "ContainerNotFound":
                 return None
-            raise self._translate("reading properties of", exc) from exc
+            err = self._translate("reading properties of", exc)
         except Exception as exc:
-            raise self._translate("reading properties of", exc) from exc
+            err = self._translate("reading properties of", exc)
+        if err is not None:
+            raise err
         btype = props.blob_type
         name = btype.value if isinstance(btype, BlobType) else str(btype)
         return BlobState(size=int(props.size), blob_type=name,
                          metadata=dict(props.metadata or {}))
 
-    def create(self, size: int, metadata: dict[str, str]) -> None:
-        """Create (or replace) the page blob, all zeros, with ``metadata``."""
-        self._call("creating", lambda: self.client.create_page_blob(size, metadata=metadata))
+    def _lease_kw(self) -> dict[str, Any]:
+        return {} if self.lease_id is None else {"lease": self.lease_id}
+
+    def _write_kw(self) -> dict[str, Any]:
+        kw = self._lease_kw()
+        if self.sequence is not None:
+            kw["if_sequence_number_eq"] = self.sequence
+        return kw
+
+    def create(self, size: int, metadata: dict[str, str], *, exclusive: bool = False) -> None:
+        """Create (or replace) the page blob, all zeros, with ``metadata``; ``exclusive``: only
+        if no blob of that name exists (else :class:`BlobExists`)."""
+        if exclusive:
+            try:
+                self._call("creating", lambda: self.client.create_page_blob(
+                    size, metadata=metadata, if_none_match="*"))
+            except UploadError as exc:
+                if "BlobAlreadyExists" in str(exc):
+                    raise BlobExists(str(exc)) from None
+                raise
+            return
+        self._call("creating", lambda: self.client.create_page_blob(size, metadata=metadata,
+                                                                     **self._lease_kw()))
+
+    # -- one writer per blob (used by writer_lock.py) ------------------------------------
+    def acquire_lease(self, lease_id: str, seconds: int) -> None:
+        # retried: acquiring again with the same id is harmless
+        self._call("leasing", lambda: self.client.acquire_lease(seconds, lease_id=lease_id))
+
+    def renew_lease(self) -> None:
+        if self.lease_id is not None:
+            lease_id = self.lease_id
+            self._call("renewing the lease of", lambda: BlobLeaseClient(
+                self.client, lease_id=lease_id).renew())
+
+    def release_lease(self) -> None:
+        if self.lease_id is not None:
+            lease_id = self.lease_id
+            self._call("releasing the lease of", lambda: BlobLeaseClient(
+                self.client, lease_id=lease_id).release())
+
+    def set_sequence_number(self, number: int) -> None:
+        self._call("setting the sequence number of",
+                   lambda: self.client.set_sequence_number("update", str(number)))
 
     def ensure_container(self) -> None:
         """Create the blob's container unless it exists (not possible through a blob SAS)."""
@@ -271,7 +357,8 @@ class PageBlob:
         self._call("deleting", self.client.delete_blob)
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
-        self._call("writing metadata of", lambda: self.client.set_blob_metadata(metadata))
+        self._call("writing metadata of",
+                   lambda: self.client.set_blob_metadata(metadata, **self._lease_kw()))
 
     def page_ranges(self, size: int) -> list[Extent]:
         """The blob's page ranges, listed in offset/length segments (an unsegmented listing of
@@ -342,21 +429,25 @@ class PageBlob:
                 raise
             except Exception as exc:
                 err = self._translate(action, exc)
-                attempt += 1
-                wait = self.retry.delay(attempt - 1)
-                if _is_timeout(exc):
-                    raise _ListingTimedOut(str(err), throttled=True) from exc
-                if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
-                        or time.monotonic() + wait > deadline):
-                    raise err from exc
+                timed_out = _is_timeout(exc)
+            attempt += 1
+            wait = self.retry.delay(attempt - 1)
+            if timed_out:
+                raise _ListingTimedOut(str(err), throttled=True)
+            if (not isinstance(err, TransientError) or attempt >= self.retry.attempts
+                    or time.monotonic() + wait > deadline):
+                raise err
             time.sleep(wait)
 
     def put_page(self, offset: int, data: bytes) -> None:
         """One Put Page; raises TransientError for what is worth retrying."""
+        err = None
         try:
-            self.client.upload_page(data, offset=offset, length=len(data))
+            self.client.upload_page(data, offset=offset, length=len(data), **self._write_kw())
         except Exception as exc:
-            raise self._translate(f"writing {len(data)} bytes at {offset} to", exc) from exc
+            err = self._translate(f"writing {len(data)} bytes at {offset} to", exc)
+        if err is not None:  # not chained: the SDK error's text holds the URL with its SAS
+            raise err
 
     def read(self, offset: int, length: int) -> bytes:
         """One plain ranged Get Blob (the SDK's downloader lists the page ranges of the whole
@@ -378,8 +469,7 @@ class PageBlob:
         try:
             return self._call(f"reading {length} bytes at {offset} of", fetch)
         except UploadError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, HttpResponseError) and cause.status_code == 403:
+            if getattr(exc, "status", None) == 403:
                 raise ReadForbidden(str(exc)) from exc
             raise
 
@@ -388,7 +478,7 @@ class PageBlob:
             props = self.client.get_blob_properties()
             settings: ContentSettings = props.content_settings
             settings.content_md5 = bytearray(digest)
-            self.client.set_http_headers(content_settings=settings)
+            self.client.set_http_headers(content_settings=settings, **self._lease_kw())
 
         self._call("setting Content-MD5 of", apply)
 

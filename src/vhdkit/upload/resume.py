@@ -1,9 +1,9 @@
 """What identifies an upload's source, recorded in blob metadata so that a rerun can resume.
 
-Metadata (ASCII, as HTTP headers require): the source path (URL-quoted, informative), its size
-and mtime, a cheap fingerprint (SHA-256 of the stream's footer and a few sampled sectors) and
-the stream size. A rerun whose source matches on all but the path resumes; a mismatch refuses
-unless ``--overwrite``.
+Metadata (ASCII, as HTTP headers require): the source file's name (URL-quoted, informative; never
+its local path), its size and mtime, a cheap fingerprint (SHA-256 of the stream's footer and a
+few sampled sectors) and the stream size. A rerun whose source matches on all but the name
+resumes; a mismatch refuses unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ def fingerprint(view: AzureView) -> str:
 
 
 def source_info(view: AzureView) -> SourceInfo:
-    path = os.path.abspath(view.disk.path)
+    # The file name only: the absolute local path would tell the storage account how this
+    # machine is laid out.
+    path = os.path.basename(view.disk.path)
     try:
-        st = os.stat(path)
+        st = os.stat(view.disk.path)
         size, mtime = st.st_size, st.st_mtime_ns
     except OSError:
         size, mtime = view.disk.size, 0

@@ -48,6 +48,14 @@ class ReadForbidden(UploadError):
     """Reading the destination is refused (403): a write-only SAS (``--access-level Write``)."""
 
 
+class WriterConflict(UploadError):
+    """Another upload holds the blob (its lease, or its sequence number changed under us)."""
+
+
+class BlobExists(UploadError):
+    """An exclusive create found a blob of that name (another upload created it meanwhile)."""
+
+
 class PageWriter(Protocol):
     """What the engine needs from a destination: one thread-safe page write."""
 

@@ -9,7 +9,10 @@ source recorded in its metadata."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,9 +23,20 @@ from ..extents import Extent
 from .engine import BLOB_REQUEST_RATE, DEFAULT_CONCURRENCY, Engine, EngineStats, RetryPolicy
 from .fingerprint import first_mismatch
 from .plan import DEFAULT_MERGE_GAP, AdaptiveGap, FixedGap, GapPolicy, Planner
-from .resume import from_metadata, mismatch, source_info, to_metadata
-from .types import MAX_WRITE, ReadForbidden, check_max_write, check_stream_limits
+from .resume import fingerprint, from_metadata, mismatch, source_info, to_metadata
+from .types import (
+    MAX_WRITE,
+    BlobExists,
+    ReadForbidden,
+    SourceInfo,
+    WriterConflict,
+    check_max_write,
+    check_stream_limits,
+)
 from .verify import VerifyResult, verify
+from .writer_lock import WriterLock
+
+HOLD_ENV = "VHDKIT_TEST_UPLOAD_HOLD"
 
 if TYPE_CHECKING:
     from .pageblob import PageBlob
@@ -101,18 +115,21 @@ class UploadResult:
         return d
 
 
-def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions,
-            warnings: list[str]) -> tuple[str, list[Extent], list[Extent]]:
+def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions, warnings: list[str],
+            lock: WriterLock | None = None) -> tuple[str, list[Extent], list[Extent]]:
     """(mode, ranges already present, stale ranges to overwrite with zeros); creates or replaces
-    an ordinary blob unless dry-run."""
+    an ordinary blob unless dry-run. With ``lock`` the blob is leased first (one writer per
+    blob), so the state read below cannot change under this upload."""
     if blob.target.is_managed_disk:
         return _decide_managed_disk(view, blob, opts, warnings)
     stream = view.stream_size
+    if lock is not None:
+        lock.acquire()
     state = blob.state()
     info = source_info(view)
     if state is None:
         if not opts.dry_run:
-            blob.create(stream, to_metadata(info))
+            _create_new(blob, stream, info, lock)
         return "new", [], []
     recorded = from_metadata(state.metadata)
     why: str | None
@@ -126,14 +143,61 @@ def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions,
         why = mismatch(recorded, info)
         why = f"was written from another source: {why}" if why else None
     if why is None:
+        ranges = blob.page_ranges(stream)
+        if recorded is None:  # no record of the source: the pages themselves must match it
+            _refuse_foreign(view, blob, ranges, warnings)
         if recorded is None and not opts.dry_run:
             blob.set_metadata(to_metadata(info))
-        return "resumed", blob.page_ranges(stream), []
+        return "resumed", ranges, []
     if not opts.overwrite:
         raise UploadError(f"{blob.name} exists and {why}; use --overwrite to replace it")
     if not opts.dry_run:
         blob.create(stream, to_metadata(info))
     return "overwritten", [], []
+
+
+def _create_new(blob: PageBlob, stream: int, info: SourceInfo, lock: WriterLock | None) -> None:
+    """Create the blob only if no other upload did meanwhile, then lease it."""
+    try:
+        blob.create(stream, to_metadata(info), exclusive=True)
+    except BlobExists:
+        # Another upload created it meanwhile (or a retried create of ours succeeded the first
+        # time): ours only if it records this source.
+        if lock is not None:
+            lock.acquire(wait=True)
+        again = blob.state()
+        recorded = None if again is None else from_metadata(again.metadata)
+        if recorded is None or mismatch(recorded, info) is not None:
+            raise WriterConflict(f"{blob.name}: another upload created this blob at the same "
+                                 "time and is writing it") from None
+    if lock is not None:
+        lock.acquire(wait=True)
+
+
+def _refuse_foreign(view: AzureView, blob: PageBlob, ranges: list[Extent],
+                    warnings: list[str]) -> None:
+    """Resume only onto pages of this source (sampled sectors read back and compared)."""
+    try:
+        bad = first_mismatch(blob, view, ranges)
+    except ReadForbidden:
+        warnings.append("the SAS does not allow reading, so the pages already on the blob were "
+                        "trusted without checking that they came from this source")
+        return
+    if bad is not None:
+        raise UploadError(f"{blob.name} holds pages that did not come from this source (sector "
+                          f"at {bad} differs); use --overwrite to replace them")
+
+
+def _hold() -> None:
+    """Test-only: once the destination is decided (and leased), wait until the file named by
+    VHDKIT_TEST_UPLOAD_HOLD exists, so a test can run a second upload into that window."""
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        with contextlib.suppress(OSError):
+            os.close(os.open(f"{hold}.{os.getpid()}.ready", os.O_CREAT | os.O_WRONLY, 0o644))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _decide_managed_disk(view: AzureView, blob: PageBlob, opts: UploadOptions,
@@ -193,9 +257,24 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
     if managed and opts.md5:
         raise UploadError("--md5 sets a blob property, which a managed disk refuses (Azure "
                           "answers 403 after the whole upload): drop --md5 and use --verify")
+    # One writer per blob (a managed disk can be neither leased nor sequenced: issue #12).
+    lock = (None if blob is None or opts.dry_run or managed
+            else WriterLock(blob, fingerprint(view)))
+    try:
+        return _upload(view, blob, opts, on_progress, on_verify, managed, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _upload(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
+            on_progress: Callable[[Progress], None] | None,
+            on_verify: Callable[[int, int], None] | None, managed: bool,
+            lock: WriterLock | None) -> UploadResult:
     warnings: list[str] = []
     mode, present, stale = (("new", [], []) if blob is None
-                            else _decide(view, blob, opts, warnings))
+                            else _decide(view, blob, opts, warnings, lock))
+    _hold()
     gap: GapPolicy = (AdaptiveGap(DEFAULT_MERGE_GAP) if opts.merge_gap is None
                       else FixedGap(opts.merge_gap))
     hasher = hashlib.md5() if opts.md5 and not opts.dry_run else None
@@ -222,6 +301,11 @@ def upload_view(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
             es = engine.run(planner.writes())
         except UploadError as exc:
             again = "with --resume" if managed else "the same command"
+            if "--create-container" in str(exc):
+                again = "with --create-container"
+            if isinstance(exc, WriterConflict):
+                raise UploadError(f"{exc}; this upload stopped after {engine.stats.sent} "
+                                  "bytes") from exc
             raise UploadError(f"{exc}; {engine.stats.sent} bytes were written: rerun {again} "
                               "to send the rest") from exc
         sent = es.sent
