@@ -153,6 +153,8 @@ def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions, warnings: list
         raise UploadError(f"{blob.name} exists and {why}; use --overwrite to replace it")
     if not opts.dry_run:
         blob.create(stream, to_metadata(info))
+        if lock is not None:
+            lock.after_create()
     return "overwritten", [], []
 
 

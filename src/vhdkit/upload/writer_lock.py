@@ -76,6 +76,12 @@ class WriterLock:
         self._thread.start()
         return True
 
+    def after_create(self) -> None:
+        """The blob was created anew (``--overwrite``): a lease survives that, a sequence number
+        does not (a new page blob starts at 0), so the guard is set again."""
+        if self.blob.sequence is not None:
+            self._guard_by_sequence()
+
     def _guard_by_sequence(self) -> None:
         """Every Put Page from here on requires this sequence number: another writer that sets
         its own makes this one's next write fail (412) instead of mixing two sources."""
