@@ -146,6 +146,10 @@ def main() -> None:
     finally:
         if opts.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+    print("\nEach command is its own process (`python -m vhdkit`): its wall time includes Python's "
+          "start and imports (about 0.5 s), its peak RSS comes from wait4. Before issue 11 the "
+          "2G image took 77 s and 268 MB in `inspect`, and convert and `upload --dry-run` did "
+          "not finish in 60 s.")
     save_goals(opts.goals, goals)
 
 

@@ -36,7 +36,8 @@ ISSUES = (("Foundation", "Foundation (issue 2): zero scan, metadata reads, exten
                      "loop, one Azurite"),
           ("Pre-flight", "Pre-flight (issue 5): bytes read and time"),
           ("Performance", "Performance (issue 16): start-up, convert at equal durability, a "
-                          "cost model that does not wobble"))
+                          "cost model that does not wobble"),
+          ("Hardening", "Hardening (issue 11): tiny-block images, every command"))
 PART_TIMEOUT = 15 * 60
 
 
@@ -98,6 +99,8 @@ def parts(work: Path) -> list[Part]:
         Part("preflight", "Pre-flight", [*py, "benchmarks.bench_preflight", "--runs", "3",
                                          "--workdir", str(work / "preflight")],
              quick_args=["--runs", "1"]),
+        Part("tiny blocks", "Hardening", [*py, "benchmarks.bench_tiny_blocks", "--workdir",
+                                          str(work / "tiny")]),
     ]
 
 
@@ -291,7 +294,9 @@ def render(started: datetime.datetime, total: float, header: list[str], todo: li
            f"{started:%Y-%m-%d %H:%M %Z}; the whole run took {total / 60:.1f} min."
            + (" **Quick mode: small inputs, not the issues' sizes.**" if quick else ""), "",
            "## Machine", "", *header, "",
-           "## Summary: every goal of the Foundation, Convert, Upload and Pre-flight issues", "",
+           "## Summary: every goal of the Foundation, Convert, Upload, Pre-flight, Performance and "
+           "Hardening "
+           "issues", "",
            *goal_table(goals), "", METHOD]
     for issue, title in ISSUES:
         mine = [p for p in todo if p.issue == issue]
