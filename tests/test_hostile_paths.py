@@ -325,3 +325,12 @@ def test_tiny_blocks_every_entry_allocated_stays_bounded(tmp_path: Path) -> None
         tracemalloc.stop()
     # the 16 MiB result and a 4 MiB request's buffers are counted: the rest stays small
     assert peak < 40 * MIB, peak
+
+
+def test_forced_vhdx_reader_refuses_a_vhd(disks: dict[str, Path]) -> None:
+    """libvhdi opens VHDs too: ``format="vhdx"`` must still refuse one, by its signature."""
+    from vhdkit.errors import FormatError
+    from vhdkit.formats import open_disk
+
+    with pytest.raises(FormatError, match="not a VHDX file"):
+        open_disk(disks["fixed"], format="vhdx")
