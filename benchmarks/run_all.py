@@ -295,8 +295,7 @@ def render(started: datetime.datetime, total: float, header: list[str], todo: li
            + (" **Quick mode: small inputs, not the issues' sizes.**" if quick else ""), "",
            "## Machine", "", *header, "",
            "## Summary: every goal of the Foundation, Convert, Upload, Pre-flight, Performance and "
-           "Hardening "
-           "issues", "",
+           "Hardening issues", "",
            *goal_table(goals), "", METHOD]
     for issue, title in ISSUES:
         mine = [p for p in todo if p.issue == issue]
