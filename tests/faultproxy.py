@@ -45,6 +45,7 @@ class Faults:
     bandwidth_bps: float | None = None  # bits per second of request bodies, all connections
     scope: str = "put_page"
     seed: int = 1234
+    refuse_leases: bool = False  # every lease request gets 403, as where leases are unavailable
 
 
 @dataclass
@@ -230,6 +231,8 @@ class FaultProxy:
                 is_pp = (self.command == "PUT" and "comp=page" in self.path
                          and self.headers.get("x-ms-page-write", "").lower() == "update")
                 fault = proxy._pick_fault(is_pp)
+                if proxy.faults.refuse_leases and "comp=lease" in self.path:
+                    fault = "403"
                 if fault is not None:
                     with proxy.lock:
                         proxy.counters.injected[fault] = proxy.counters.injected.get(fault, 0) + 1

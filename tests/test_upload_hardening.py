@@ -20,6 +20,7 @@ from azure.storage.blob import BlobSasPermissions, ContainerClient, generate_blo
 
 from azurite_plugin import DEV_ACCOUNT, DEV_KEY, connection_string
 from cli_helpers import vhdkit
+from faultproxy import FaultProxy, Faults
 from fixtures.upload_disks import MIB, scattered_runs, write_runs
 from vhdkit.azure_view import AzureView
 from vhdkit.errors import UploadError
@@ -139,6 +140,27 @@ def test_racing_uploads_of_two_sources_many_times(sources: dict[str, Path], azur
         for o in outcome.values():
             assert o == "ok" or "another upload" in o, outcome
         assert download(container, blob) == want[winners[0].split(".")[0]]
+
+
+def test_without_leases_a_sequence_number_keeps_one_writer(
+        sources: dict[str, Path], azurite_url: str, container: ContainerClient,
+        held: Path) -> None:
+    """A SAS destination that refuses leases (the proxy answers 403 to every lease request):
+    the writer that set the blob's sequence number last is the only one whose writes land."""
+    with FaultProxy(azurite_url, Faults(refuse_leases=True)) as proxy:
+        container.get_blob_client("nolease.vhd").create_page_blob(SIZE + 512)
+        sas = _sas(container, "nolease.vhd", proxy.url)
+        first = start_held(["upload", str(sources["a"]), sas, "-q", "--skip-preflight"], held)
+        try:
+            code, _, err = vhdkit("upload", str(sources["b"]), sas, "-q", "--skip-preflight")
+            assert code == 0, err
+        finally:
+            held.touch()
+            _, err = first.communicate(timeout=120)
+        assert proxy.counters.injected.get("403", 0) >= 2  # both were refused a lease
+    assert first.returncode == 2
+    assert "another upload is writing this blob" in err and "stopped after 0 bytes" in err, err
+    assert download(container, "nolease.vhd") == stream(sources["b"])
 
 
 # ---- case 6: resume onto another source's pages -------------------------------------------

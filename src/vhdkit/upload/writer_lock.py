@@ -1,5 +1,6 @@
 """One writer per blob: a blob lease held for the upload's lifetime, or, where leases are not
-available (some SAS destinations), a sequence number every Put Page is conditioned on.
+available (some SAS destinations), a sequence number every Put Page is conditioned on; where
+neither is (a managed disk may refuse both), the upload runs unguarded.
 
 The lease is finite (``LEASE_S``) and renewed by a background thread, so a killed upload frees
 the blob within a minute. Its id is derived from the source's fingerprint and this host, so a
@@ -67,10 +68,10 @@ class WriterLock:
                 text = str(exc)
                 if "BlobNotFound" in text or "HTTP 404" in text:
                     return False
-                if self.blob.target.is_sas and ("HTTP 403" in text or "HTTP 400" in text):
-                    self._guard_by_sequence()  # a SAS that may not lease: conditional writes
-                    return True
-                raise
+                if not self.blob.target.is_sas:
+                    raise
+                self._guard_by_sequence()  # a SAS that may not lease: conditional writes
+                return True
         self.blob.lease_id = self.lease_id
         self._thread = threading.Thread(target=self._renew, name="vhdkit-lease", daemon=True)
         self._thread.start()
@@ -86,7 +87,12 @@ class WriterLock:
         """Every Put Page from here on requires this sequence number: another writer that sets
         its own makes this one's next write fail (412) instead of mixing two sources."""
         number = random.getrandbits(62) + 1
-        self.blob.set_sequence_number(number)
+        try:
+            self.blob.set_sequence_number(number)
+        except WriterConflict:
+            raise
+        except UploadError:
+            return  # neither leases nor sequence numbers here: no guard (README, Limits)
         self.blob.sequence = number
 
     def _renew(self) -> None:
