@@ -158,6 +158,16 @@ def test_report_over_the_input_or_its_parent_is_refused(command: str, disks: dic
     assert {p: p.read_bytes() for p in (child, base)} == before
 
 
+def test_bench_chart_over_the_measured_disk_is_refused(disks: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    disk = tmp_path / "d.vhd"
+    disk.write_bytes(disks["fixed"].read_bytes())
+    code, _, err = cli("bench", "--emulator", "--container", "c", "--shape", "disk", "--disk",
+                       str(disk), "--plot", str(disk))
+    assert code == 2 and "would overwrite the input disk" in err, err
+    assert disk.read_bytes() == disks["fixed"].read_bytes()
+
+
 def test_reports_are_written_atomically_over_a_regular_file(disks: dict[str, Path],
                                                             tmp_path: Path) -> None:
     report = tmp_path / "r.xml"

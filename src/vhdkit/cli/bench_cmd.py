@@ -138,11 +138,11 @@ def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: st
         if where.sas_url is None and not where.container:
             raise UsageError("--container is required with this destination")
         if plot_path is not None:
-            require_matplotlib()
-            if disk is not None:
+            if disk is not None:  # the chart never replaces the disk being measured
                 from ..outputs import disk_files, refuse_output
 
                 refuse_output(plot_path, disk_files(disk), "chart")
+            require_matplotlib()
         return config, BenchDestination(where)
 
     config, target = run(prepare)
