@@ -288,3 +288,30 @@ def test_invalid_destination_error_chains_no_secret() -> None:
             assert key not in str(e) + repr(e)
         assert key not in "".join(traceback.format_exception(info.value))
         assert key not in repr(target)
+
+
+def test_lease_is_renewed_while_held_and_released_after(
+        azurite_url: str, container: ContainerClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vhdkit.upload import writer_lock
+
+    monkeypatch.setattr(writer_lock, "RENEW_S", 0.1)
+    client = container.get_blob_client("lease.vhd")
+    client.create_page_blob(MIB)
+    blob = PageBlob(Target(emulator=azurite_url, container=container.container_name,
+                           blob="lease.vhd"))
+    renewals: list[float] = []
+    real_renew = blob.renew_lease
+
+    def counting_renew() -> None:
+        real_renew()
+        renewals.append(time.monotonic())
+
+    monkeypatch.setattr(blob, "renew_lease", counting_renew)
+    lock = writer_lock.WriterLock(blob, "source-fingerprint")
+    assert lock.acquire()
+    time.sleep(0.6)  # a few renewals
+    assert lock.lost is None and len(renewals) >= 2
+    assert client.get_blob_properties().lease.state == "leased"
+    lock.release()
+    assert client.get_blob_properties().lease.state == "available"
+    blob.close()
