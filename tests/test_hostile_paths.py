@@ -344,3 +344,24 @@ def test_forced_vhdx_reader_refuses_a_vhd(disks: dict[str, Path]) -> None:
 
     with pytest.raises(FormatError, match="not a VHDX file"):
         open_disk(disks["fixed"], format="vhdx")
+
+
+def test_alternating_bitmaps_give_few_covering_extents(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other sector present in every block: extents() stays under its cap, still covers
+    every present sector, and reads are unchanged."""
+    from fixtures.vhdbuild import flatten
+    from vhdkit.extents import nonzero_runs, subtract
+    from vhdkit.formats import open_disk, vhd_bitmaps
+
+    blocks = {i: (b"\xaa", bytes([i + 1]) * 4096) for i in range(64)}
+    path = build_dynamic(tmp_path / "alt.vhd", 64 * 4096, 4096, blocks)
+    want = bytes(flatten(64 * 4096, 4096, [blocks]))
+    with open_disk(path) as disk:
+        assert len(disk.extents()) == 64 * 4  # exact below the cap
+    monkeypatch.setattr(vhd_bitmaps, "MAX_EXTENTS", 16)
+    with open_disk(path) as disk:
+        ext = disk.extents()
+        assert 1 <= len(ext) <= 16
+        assert subtract(nonzero_runs(want), ext) == []
+        assert disk.read_at(0, len(want)) == want

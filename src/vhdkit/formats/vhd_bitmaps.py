@@ -25,6 +25,8 @@ from .vhd_structs import BAT_UNUSED
 WINDOW = 8 << 20
 #: Blocks whose bitmaps are at most this far apart are read in one go (else one read each).
 GAP = 64 << 10
+#: extents() returns at most this many ranges (see _coarsen).
+MAX_EXTENTS = 1 << 18
 #: BAT entries handled at a time (bounds the index arrays: about 40 bytes per entry).
 ENTRIES_PER_SLICE = 1 << 19
 #: At most this many bitmap bits are decoded at once.
@@ -64,6 +66,7 @@ def present_extents(fd: int, bat: np.ndarray[Any, np.dtype[np.uint32]], block_si
     s, e = np.concatenate(starts), np.concatenate(ends)
     order = np.argsort(s, kind="stable")
     s, e = _join(s[order], e[order])
+    s, e = _coarsen(s, e)
     np.minimum(e, size, out=e)
     keep = s < e
     return [Extent(a, b - a) for a, b in zip(s[keep].tolist(), e[keep].tolist(), strict=True)]
@@ -136,6 +139,22 @@ def _runs(bits: np.ndarray[Any, np.dtype[np.uint8]], blocks: Ints,
     base = blocks * block_size
     return (base[r_on] + c_on.astype(np.int64) * SECTOR,
             base[r_off] + c_off.astype(np.int64) * SECTOR)
+
+
+def _coarsen(s: Ints, e: Ints) -> tuple[Ints, Ints]:
+    """At most ``MAX_EXTENTS`` ranges: bitmaps alternating present and absent sectors would
+    otherwise make millions of tiny ranges (and as many Python objects). The gaps joined are
+    the smallest that suffice; extents() may over-cover (absent sectors read as zeros, and
+    convert and upload skip zeros by content), never under-cover."""
+    gap = SECTOR
+    while s.size > MAX_EXTENTS:
+        join = np.ones(s.size, dtype=bool)
+        join[1:] = s[1:] - e[:-1] > gap  # True: starts a new range
+        first = np.flatnonzero(join)
+        last = np.append(first[1:], s.size) - 1
+        s, e = s[first], e[last]
+        gap *= 4
+    return s, e
 
 
 def _join(s: Ints, e: Ints) -> tuple[Ints, Ints]:
