@@ -150,9 +150,11 @@ def test_without_leases_a_sequence_number_keeps_one_writer(
     with FaultProxy(azurite_url, Faults(refuse_leases=True)) as proxy:
         container.get_blob_client("nolease.vhd").create_page_blob(SIZE + 512)
         sas = _sas(container, "nolease.vhd", proxy.url)
-        first = start_held(["upload", str(sources["a"]), sas, "-q", "--skip-preflight"], held)
+        first = start_held(["upload", str(sources["a"]), sas, "-q", "--skip-preflight",
+                            "--overwrite"], held)
         try:
-            code, _, err = vhdkit("upload", str(sources["b"]), sas, "-q", "--skip-preflight")
+            code, _, err = vhdkit("upload", str(sources["b"]), sas, "-q", "--skip-preflight",
+                                  "--overwrite")
             assert code == 0, err
         finally:
             held.touch()
