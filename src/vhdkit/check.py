@@ -10,6 +10,7 @@ from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up
 from .errors import FormatError, ParentNotFound
 from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
 from .formats.base import file_size
+from .formats.qcow2 import Qcow2Disk
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 from .report import Finding, Report, Severity
@@ -51,6 +52,8 @@ RULES: dict[str, str] = {
     "vhd.dynamic-size": "dynamic size is within 2040 GiB",
     "vhd.file-size": "file size is virtual size + 512",
     "vhd.geometry-size": "every reader sees the same virtual size",
+    "qcow2.dirty": "the qcow2 image was closed cleanly (dirty bit clear)",
+    "qcow2.corrupt": "the qcow2 image is not marked corrupt",
     "azure.size-mib": "virtual size is a whole number of MiB",
     "azure.size-range": "size is within Azure's 20 MiB .. 32 TiB",
 }
@@ -143,6 +146,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
                                "azure_size": round_up_mib(disk.size)})
         image: VhdImage | None = getattr(disk, "image", None)
         _format_rule(j, disk, image)
+        _qcow2_rules(j, disk)
         if image is not None:
             _vhd_rules(j, disk, image)
         else:
@@ -166,6 +170,22 @@ def _format_rule(j: _Judge, disk: VirtualDisk, image: VhdImage | None) -> None:
     elif image is None:
         j.fail("format", "error", "raw image (no VHD footer): Azure needs a fixed VHD",
                evidence="no 'conectix' footer in the last 512 bytes", fix=j.convert_fix)
+
+
+def _qcow2_rules(j: _Judge, disk: VirtualDisk) -> None:
+    if not isinstance(disk, Qcow2Disk):
+        j.skip("qcow2.dirty", "qcow2.corrupt")
+        return
+    if disk.dirty:
+        j.fail("qcow2.dirty", "warning", "the qcow2 image is marked dirty: it was not closed "
+               "cleanly (lazy refcounts); its data is readable, its refcounts need a repair",
+               evidence="incompatible feature bit 0 (dirty) at offset 72",
+               fix=f"qemu-img check -r all {_q(j.path)}")
+    if disk.corrupt:
+        j.fail("qcow2.corrupt", "error", "the qcow2 image is marked corrupt: QEMU found its "
+               "metadata inconsistent", evidence="incompatible feature bit 1 (corrupt) at "
+                                                 "offset 72",
+               fix=f"qemu-img check -r all {_q(j.path)}, then compare its data before use")
 
 
 def _vhd_rules(j: _Judge, disk: VirtualDisk, image: VhdImage) -> None:

@@ -102,8 +102,7 @@ def _unpack(tool: str) -> str:
 #: Order matters: the most specific signature first; raw is what no entry claims.
 SIGNATURES: tuple[Signature, ...] = (
     Signature("vhdx", "VHDX", _magic(0, VHDX_SIGNATURE), readable=True),
-    Signature("qcow2", "qcow2", _qcow_version(2, 3), readable=False,
-              way_out=_convert_raw("qcow2")),
+    Signature("qcow2", "qcow2", _qcow_version(2, 3), readable=True),
     Signature("qcow1", "qcow (version 1)", _qcow_version(1),
               way_out=_convert_raw("qcow version 1")),
     Signature("qcow-unknown", "qcow of an unknown version", _magic(0, b"QFI\xfb"),

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk
 from .base import VirtualDisk, open_fd
 from .detect import BY_KEY, detect, refusal
+from .qcow2 import open_qcow2
 from .raw import RawDisk
 from .vhd import open_vhd_disk
 
@@ -79,7 +80,7 @@ def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) 
     return VhdxDisk(path, fd)
 
 
-READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx}
+READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": open_qcow2}
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
