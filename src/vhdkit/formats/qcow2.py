@@ -17,6 +17,7 @@ import os
 import threading
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +39,8 @@ UNALLOC, ZERO, DATA, COMPRESSED, MIXED = 0, 1, 2, 3, 4
 #: Bytes of decoded L2 tables and of inflated clusters kept in memory.
 L2_CACHE_BYTES = 32 * 1024 * 1024
 INFLATE_CACHE_BYTES = 8 * 1024 * 1024
+#: Compressed clusters in one read from which inflating goes to the thread pool.
+PARALLEL_MIN = 4
 FULL = 0xFFFF_FFFF
 
 #: QEMU's names of backing formats -> vhdkit's reader (or refused container) keys.
@@ -273,6 +276,7 @@ class Qcow2Disk(VirtualDisk):
         else:
             bounds = [0, len(kinds)]
         klist = kinds.tolist()
+        inflated = self._inflate_many(t, c0, kinds, host)
         for a, b in itertools.pairwise(bounds):
             cstart = base + ((c0 + a) << cb)
             rs, re = max(pos, cstart), min(stop, base + ((c0 + b) << cb))
@@ -285,7 +289,8 @@ class Qcow2Disk(VirtualDisk):
             elif kind == UNALLOC:
                 self._below(buf, boff, rs, re)
             elif kind == COMPRESSED:
-                data = self._inflate(int(host[a]), int(t.sectors[c0 + a]))
+                data = inflated.get(int(host[a])) or self._inflate(int(host[a]),
+                                                                    int(t.sectors[c0 + a]))
                 part[:] = data[rs - cstart: re - cstart]
             else:
                 assert t.bitmap is not None
@@ -314,6 +319,27 @@ class Qcow2Disk(VirtualDisk):
         else:
             self.backing.read_into(start, part)
 
+    def _inflate_many(self, t: _Table, c0: int, kinds: np.ndarray,
+                      host: np.ndarray) -> dict[int, bytes]:
+        """Inflate the compressed clusters of one read on a few threads (zlib and zstd release
+        the GIL), their data fetched in one pread when it lies together (qemu-img writes
+        compressed clusters one after the other)."""
+        idx = np.flatnonzero(kinds == COMPRESSED)
+        if len(idx) < PARALLEL_MIN:
+            return {}
+        hosts = host[idx].tolist()
+        lengths = [min(n * 512 - (h & 511), self._file_size - h)
+                   for h, n in zip(hosts, t.sectors[c0 + idx].tolist(), strict=True)]
+        lo = min(hosts)
+        hi = max(h + n for h, n in zip(hosts, lengths, strict=True))
+        raws: list[bytes | memoryview]
+        if hi - lo <= 2 * sum(lengths):
+            blob = memoryview(os.pread(self._fd, hi - lo, lo))
+            raws = [blob[h - lo: h - lo + n] for h, n in zip(hosts, lengths, strict=True)]
+        else:
+            raws = [os.pread(self._fd, n, h) for h, n in zip(hosts, lengths, strict=True)]
+        return dict(zip(hosts, _pool().map(self._decompress, raws, hosts), strict=True))
+
     def _inflate(self, host: int, sectors: int) -> bytes:
         with self._lock:
             hit = self._inflated.get(host)
@@ -330,7 +356,7 @@ class Qcow2Disk(VirtualDisk):
                 self._inflated.popitem(last=False)
         return data
 
-    def _decompress(self, raw: bytes, host: int) -> bytes:
+    def _decompress(self, raw: bytes | memoryview, host: int) -> bytes:
         cs = self._cs
         try:
             if self.header.compression_type == 0:
@@ -354,6 +380,20 @@ class Qcow2Disk(VirtualDisk):
             self.backing.close()
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads shared by every qcow2 disk for inflating clusters."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2),
+                                       thread_name_prefix="vhdkit-inflate")
+        return _POOL
+
+
 def _runs(mask: np.ndarray, base: int, cb: int) -> list[Extent]:
     """Byte ranges of the runs of True clusters in ``mask``."""
     if not mask.any():
@@ -363,7 +403,7 @@ def _runs(mask: np.ndarray, base: int, cb: int) -> list[Extent]:
             for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True)]
 
 
-def _zstd_cluster(raw: bytes, cs: int) -> bytes:
+def _zstd_cluster(raw: bytes | memoryview, cs: int) -> bytes:
     """One zstd frame's first ``cs`` bytes: the output never grows past a cluster, and the
     sector padding after the frame is ignored."""
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw),
