@@ -37,7 +37,8 @@ ISSUES = (("Foundation", "Foundation (issue 2): zero scan, metadata reads, exten
           ("Pre-flight", "Pre-flight (issue 5): bytes read and time"),
           ("Performance", "Performance (issue 16): start-up, convert at equal durability, a "
                           "cost model that does not wobble"),
-          ("Hardening", "Hardening (issue 11): tiny-block images, every command"))
+          ("Hardening", "Hardening (issue 11): tiny-block images, every command"),
+          ("qcow2", "qcow2 read natively (issue 10): vhdkit vs qemu-img, one Azurite"))
 PART_TIMEOUT = 15 * 60
 
 
@@ -101,6 +102,9 @@ def parts(work: Path) -> list[Part]:
              quick_args=["--runs", "1"]),
         Part("tiny blocks", "Hardening", [*py, "benchmarks.bench_tiny_blocks", "--workdir",
                                           str(work / "tiny")]),
+        Part("qcow2", "qcow2", [*py, "benchmarks.bench_qcow2", "--runs", "5",
+                                "--workdir", str(work / "qcow2")], azurite=True,
+             quick_args=["--upload-runs", "1"]),
     ]
 
 

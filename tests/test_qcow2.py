@@ -470,3 +470,12 @@ def test_mutated_files_through_the_cli(tmp_path: Path) -> None:
         if seen == 8:
             break
     assert seen == 8
+
+
+def test_convert_refuses_to_overwrite_a_backing_file(images: dict[str, Qcow2Image]) -> None:
+    top = images["chain-3"].path
+    base = top.parent / "lower" / "base.raw"
+    before = base.read_bytes()
+    code, _, err = vhdkit("convert", "--force", str(top), str(base))
+    assert code != 0 and "parent disk" in err
+    assert base.read_bytes() == before

@@ -29,7 +29,7 @@ from typing import Any
 from .azure_view import AzureView, fixed_footer
 from .errors import ConvertError, DiskIOError
 from .extents import Extent, align_to_sectors, total
-from .formats import DynamicVhdDisk, VirtualDisk, open_disk, vhd_footer
+from .formats import VirtualDisk, open_disk, vhd_footer
 from .formats.base import file_kind
 from .formats.vhd_structs import FOOTER_SIZE, QEMU_TRUSTS_CURRENT_SIZE, DiskType, Footer
 from .outputs import (
@@ -113,18 +113,8 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _chain(disk: VirtualDisk) -> list[VirtualDisk]:
-    """The disk and its parents, child first."""
-    out = [disk]
-    while isinstance(out[-1], DynamicVhdDisk) and out[-1].parent is not None:
-        parent = out[-1].parent
-        assert parent is not None
-        out.append(parent)
-    return out
-
-
 def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
-    chain = _chain(disk)
+    chain = disk.chain()  # parents and backing files of every format
     for i, member in enumerate(chain):
         if member.path and same_file(member.path, dst):
             if i == 0:

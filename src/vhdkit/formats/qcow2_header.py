@@ -187,15 +187,27 @@ def _extensions(fd: int, file_size: int, start: int, end: int
     names: dict[tuple[int, int], str] = {}
     backing_format: str | None = None
     data_file: str | None = None
-    pos = start
-    while pos + 8 <= end:
-        ext = EXTENSION_PARSER.parse(read_exact(fd, pos, 8, file_size, "header_extension"))
+    limit = max(0, min(end, file_size) - start)  # at most a cluster, inside the file
+    area = b""
+
+    def have(n: int) -> None:
+        """Read the area on from ``start`` in 4 KiB steps until ``n`` bytes are at hand."""
+        nonlocal area
+        if n > len(area):
+            more = min(limit, max(n, len(area) + 4096)) - len(area)
+            area += read_exact(fd, start + len(area), more, file_size, "header_extension")
+
+    pos = 0
+    while pos + 8 <= limit:
+        have(pos + 8)
+        ext = EXTENSION_PARSER.parse(area[pos: pos + 8])
         if ext.type == EXT_END:
             break
-        if ext.length > end - pos - 8:
-            raise FormatError(f"header_extension[0x{ext.type:08x}].length", pos + 4,
+        if ext.length > limit - pos - 8:
+            raise FormatError(f"header_extension[0x{ext.type:08x}].length", start + pos + 4,
                               f"{ext.length} bytes run past the header area (ends at {end})")
-        data = read_exact(fd, pos + 8, ext.length, file_size, "header_extension")
+        have(pos + 8 + ext.length)
+        data = area[pos + 8: pos + 8 + ext.length]
         if ext.type == EXT_BACKING_FORMAT:
             backing_format = data.split(b"\0", 1)[0].decode("utf-8", "replace")
         elif ext.type == EXT_DATA_FILE:
