@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import threading
 from pathlib import Path
@@ -417,6 +418,7 @@ def test_mutation_fuzz(tmp_path: Path) -> None:
     bases = _fuzz_bases(tmp_path)
     rnd = random.Random(20261202)
     path = tmp_path / "m.qcow2"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     examples = 0
     for i in range(10_500):
@@ -444,6 +446,9 @@ def test_mutation_fuzz(tmp_path: Path) -> None:
         examples += 1
     os.close(fd)
     assert examples >= 10_000
+    # no allocation sized by a damaged field: peak memory grew by far less than one such
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    assert grown < 200 * MIB
 
 
 def test_mutated_files_through_the_cli(tmp_path: Path) -> None:
