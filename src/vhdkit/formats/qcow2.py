@@ -34,6 +34,19 @@ from .qcow2_structs import L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZER
 if TYPE_CHECKING:
     from .opener import ChainContext
 
+try:  # ISA-L inflates the same raw deflate streams about twice as fast as zlib
+    from isal import isal_zlib
+
+    _inflater: Any = isal_zlib.decompressobj
+    _isal_error: Any = isal_zlib.error  # an exception class; typed otherwise by its stubs
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)
+except ImportError:  # pragma: no cover - isal is a dependency; zlib reads the same data
+    _inflater = zlib.decompressobj
+    _INFLATE_ERRORS = (zlib.error,)
+
+_DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (*_INFLATE_ERRORS, zstandard.ZstdError,
+                                                   ValueError)
+
 #: Cluster kinds in a decoded L2 table.
 UNALLOC, ZERO, DATA, COMPRESSED, MIXED = 0, 1, 2, 3, 4
 #: Bytes of decoded L2 tables and of inflated clusters kept in memory.
@@ -360,10 +373,10 @@ class Qcow2Disk(VirtualDisk):
         cs = self._cs
         try:
             if self.header.compression_type == 0:
-                data = zlib.decompressobj(-15).decompress(raw, cs)  # output bounded to a cluster
+                data: bytes = _inflater(-15).decompress(raw, cs)  # bounded to a cluster
             else:
                 data = _zstd_cluster(raw, cs)
-        except (zlib.error, zstandard.ZstdError, ValueError) as exc:
+        except _DECOMPRESS_ERRORS as exc:
             raise FormatError("compressed_cluster", host,
                               f"{self.header.compression} data does not decompress: "
                               f"{exc}") from exc
