@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--workdir")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=SIZE // MIB)
-    ap.add_argument("--upload-runs", type=int, default=3)
+    ap.add_argument("--upload-runs", type=int, default=5)
     ap.add_argument("--url", default=os.environ.get("VHDKIT_AZURITE_BLOB_URL"))
     ap.add_argument("--goals")
     args = ap.parse_args()

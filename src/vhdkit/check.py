@@ -10,7 +10,6 @@ from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up
 from .errors import FormatError, ParentNotFound
 from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
 from .formats.base import file_size
-from .formats.qcow2 import Qcow2Disk
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 from .report import Finding, Report, Severity
@@ -173,9 +172,12 @@ def _format_rule(j: _Judge, disk: VirtualDisk, image: VhdImage | None) -> None:
 
 
 def _qcow2_rules(j: _Judge, disk: VirtualDisk) -> None:
-    if not isinstance(disk, Qcow2Disk):
+    if disk.kind != "qcow2":
         j.skip("qcow2.dirty", "qcow2.corrupt")
         return
+    from .formats.qcow2 import Qcow2Disk  # loaded only for a qcow2 (numpy)
+
+    assert isinstance(disk, Qcow2Disk)
     if disk.dirty:
         j.fail("qcow2.dirty", "warning", "the qcow2 image is marked dirty: it was not closed "
                "cleanly (lazy refcounts); its data is readable, its refcounts need a repair",

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk
 from .base import VirtualDisk, open_fd
 from .detect import BY_KEY, detect, refusal
-from .qcow2 import open_qcow2
 from .raw import RawDisk
 from .vhd import open_vhd_disk
 
@@ -80,7 +79,13 @@ def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) 
     return VhdxDisk(path, fd)
 
 
-READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": open_qcow2}
+def _qcow2(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    from .qcow2 import open_qcow2  # numpy, zstd and ISA-L load only for a qcow2
+
+    return open_qcow2(path, fd, size, parent, ctx)
+
+
+READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": _qcow2}
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
