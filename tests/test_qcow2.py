@@ -484,3 +484,21 @@ def test_convert_refuses_to_overwrite_a_backing_file(images: dict[str, Qcow2Imag
     code, _, err = vhdkit("convert", "--force", str(top), str(base))
     assert code != 0 and "parent disk" in err
     assert base.read_bytes() == before
+
+
+def test_backing_chain_depth_is_limited(tmp_path: Path) -> None:
+    """A chain one disk longer than the limit is refused (files made by patching the backing
+    name of one qemu-made child: qemu-img would take seconds for 130 images)."""
+    from vhdkit.formats.opener import MAX_PARENT_DEPTH
+
+    create(tmp_path / "d000.qcow2", MIB)
+    child = create(tmp_path / "d001.qcow2", MIB, backing="d000.qcow2")
+    at = read_header(child)["backing_file_offset"]
+    raw = bytearray(child.read_bytes())
+    for i in range(2, MAX_PARENT_DEPTH + 2):
+        raw[at: at + 10] = f"d{i - 1:03}.qcow2".encode()
+        (tmp_path / f"d{i:03}.qcow2").write_bytes(raw)
+    with open_disk(tmp_path / f"d{MAX_PARENT_DEPTH:03}.qcow2") as disk:
+        assert len(disk.chain()) == MAX_PARENT_DEPTH + 1
+    with pytest.raises(ParentNotFound, match=f"limit of {MAX_PARENT_DEPTH} disks"):
+        open_disk(tmp_path / f"d{MAX_PARENT_DEPTH + 1:03}.qcow2")
