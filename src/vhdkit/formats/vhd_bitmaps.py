@@ -67,7 +67,8 @@ def present_extents(fd: int, bat: np.ndarray[Any, np.dtype[np.uint32]], block_si
     order = np.argsort(s, kind="stable")
     s, e = _join(s[order], e[order])
     s, e = _coarsen(s, e)
-    np.minimum(e, size, out=e)
+    # A damaged footer may claim up to 2^64 bytes; the BAT addresses far less than 2^63.
+    np.minimum(e, min(size, np.iinfo(np.int64).max), out=e)
     keep = s < e
     return [Extent(a, b - a) for a, b in zip(s[keep].tolist(), e[keep].tolist(), strict=True)]
 
