@@ -30,7 +30,7 @@ EXPECTED: dict[tuple[str, str], tuple[set[str], set[str]]] = {
     ("generalized", "specialized"): ({"windows.specialized"}, {"windows.setup-pending"}),
     ("specialized", "specialized"): (set(), set()),
     ("specialized", "generalized"): (
-        {"windows.generalized"}, {"windows.setup-pending", "windows.sysprep-status"}),
+        {"windows.generalized"}, {"windows.setup-pending"}),
     ("audit", "generalized"): ({"windows.generalized"}, set()),
     ("mismatch", "generalized"): ({"windows.generalized", "windows.state-mismatch"}, set()),
     ("cdrom-disabled", "generalized"): ({"windows.cdrom-disabled"}, set()),
@@ -117,6 +117,18 @@ def test_specialized_image_is_not_generalized(open_volume: Opener) -> None:
     assert "IMAGE_STATE_COMPLETE" in f.evidence
     assert "sysprep.exe /generalize /oobe /shutdown" in f.fix
     assert found["windows.sysprep-tag"].evidence.endswith("Sysprep_succeeded.tag: absent")
+
+
+def test_generalization_state_7_is_not_shown_as_a_generalize(open_volume: Opener) -> None:
+    """A never-sysprepped machine carries GeneralizationState 7: it proves only that Sysprep may
+    run; the verdict rests on ImageState and SetupType/CmdLine."""
+    found = _by_id(windows_findings(open_volume("specialized"), "generalized"))
+    status = found["windows.sysprep-status"]
+    assert status.evidence == r"SYSTEM\Setup\Status\SysprepStatus\GeneralizationState = 7"
+    assert status.severity == "info"
+    assert "completed" not in status.message and "not evidence of a generalize" in status.message
+    assert not found["windows.generalized"].passed
+    assert not found["windows.setup-pending"].passed
 
 
 def test_expect_specialized_inverts_the_rule(open_volume: Opener) -> None:

@@ -164,21 +164,35 @@ def _sysprep_evidence(fs: Filesystem, system: Hive, expect: str) -> Iterator[Fin
         yield Finding("windows.setup-pending", "warning",
                       "Windows Setup is not set to run OOBE at next boot (SetupType 2 with "
                       "windeploy expected after Sysprep)", setup_ev, SYSPREP)
+    yield from _sysprep_traces(fs, system)
+
+
+def _sysprep_traces(fs: Filesystem, system: Hive) -> Iterator[Finding]:
+    """Supporting facts, each saying only what its value proves: the verdict rests on ImageState
+    (State.ini, SOFTWARE) and SetupType/CmdLine, never on these."""
     status_key = r"Setup\Status\SysprepStatus"
     state = system.dword(status_key, "GeneralizationState")
     status_ev = f"{system.display(status_key, 'GeneralizationState')} = {_shown(state)}"
     if state == 7:
-        yield _ok("windows.sysprep-status", "warning", "Sysprep generalize completed",
-                  status_ev)
+        # 7 is what every installed Windows carries, sysprepped or not: it says Sysprep may
+        # run, not that a generalize happened.
+        yield _ok("windows.sysprep-status", "info",
+                  "SysprepStatus says Sysprep may run on this installation (7 is also the value "
+                  "of a never-sysprepped Windows: not evidence of a generalize)", status_ev)
     else:
-        yield Finding("windows.sysprep-status", "warning",
-                      "SysprepStatus does not record a completed generalize (7)", status_ev,
-                      SYSPREP)
+        yield Finding("windows.sysprep-status", "info",
+                      "SysprepStatus GeneralizationState is not 7: Sysprep may refuse to run "
+                      "here (this says nothing about the image state)", status_ev,
+                      _reg_add(r"HKLM\SYSTEM\Setup\Status\SysprepStatus",
+                               "GeneralizationState", 7) + " before running Sysprep")
     if fs.exists(SYSPREP_TAG):
-        yield _ok("windows.sysprep-tag", "info", "Sysprep_succeeded.tag present", SYSPREP_TAG)
+        yield _ok("windows.sysprep-tag", "info",
+                  "Sysprep_succeeded.tag present: some Sysprep run succeeded on this "
+                  "installation (not necessarily the last one, nor a generalize)", SYSPREP_TAG)
     else:
-        yield Finding("windows.sysprep-tag", "info", "Sysprep_succeeded.tag not found",
-                      f"{SYSPREP_TAG}: absent")
+        yield Finding("windows.sysprep-tag", "info",
+                      "Sysprep_succeeded.tag not found: no trace of a successful Sysprep run "
+                      "(the file may have been deleted)", f"{SYSPREP_TAG}: absent")
 
 
 def _unattend(fs: Filesystem, expect: str) -> Iterator[Finding]:
