@@ -5,6 +5,7 @@ which misreads bitmap bytes with more than one bit set."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -95,10 +96,62 @@ def test_missing_parent_is_a_clear_error(chain: tuple[Path, Path, Path]) -> None
     os.remove(mid)
     with pytest.raises(ParentNotFound, match="parent disk not found"):
         open_disk(top)
-    code, _, err = vhdkit("inspect", str(top))
+    # reading data needs the parent: convert refuses with one line
+    code, _, err = vhdkit("convert", str(top), str(top.parent / "out.vhd"))
     assert code == 2
     assert "parent disk not found" in err and "--parent" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_inspect_without_parent_still_shows_the_child(chain: tuple[Path, Path, Path]) -> None:
+    """The footer, header and locators are the child's own: shown even when the parent is gone."""
+    _, mid, top = chain
+    os.remove(mid)
+    code, out, _ = vhdkit("inspect", "--json", str(top))
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["disk_type"] == "differencing" and doc["footer"]["current_size"] == SIZE
+    parent = doc["dynamic"]["parent"]
+    assert parent["name"] == "mid.vhd" and parent["resolved_path"] is None
+    assert "parent disk not found" in parent["error"]
+    assert [loc["platform"] for loc in parent["locators"]] == ["W2ru", "W2ku"]
+    assert doc["dynamic"]["bat_entries_allocated"] == len(TOP)
+    code, text, _ = vhdkit("inspect", str(top))
+    assert code == 0 and "parent found:  NOT FOUND: " in text and "locator:       W2ru" in text
+
+
+def test_check_without_parent_never_passes_what_it_did_not_judge(
+        chain: tuple[Path, Path, Path]) -> None:
+    """The child's own metadata is judged (a differencing 8 MiB disk fails type and size); no
+    rule is reported as held unless it was evaluated."""
+    _, mid, top = chain
+    os.remove(mid)
+    code, out, _ = vhdkit("check", "--json", str(top))
+    assert code == 1
+    found = {f["id"]: f for f in json.loads(out)["findings"]}
+    assert not found["vhd.parent"]["passed"] and "parent disk not found" in \
+        found["vhd.parent"]["message"]
+    assert not found["vhd.type"]["passed"] and "differencing" in found["vhd.type"]["message"]
+    assert not found["azure.size-range"]["passed"]
+    assert not found["azure.size-mib"]["passed"]
+    assert found["vhd.file-size"]["applicable"] is False  # a differencing disk has no such rule
+    assert not found["vhd.file-size"]["passed"] or not found["vhd.file-size"]["applicable"]
+
+
+def test_check_of_an_unreadable_child_marks_rules_not_evaluated(
+        chain: tuple[Path, Path, Path]) -> None:
+    """A header that cannot be read stops the judging: the rest is 'not evaluated', not held."""
+    _, _, top = chain
+    with open(top, "r+b") as f:
+        f.seek(512)  # the dynamic header's cookie
+        f.write(b"XXXXXXXX")
+    code, out, _ = vhdkit("check", "--json", str(top))
+    assert code == 1
+    found = {f["id"]: f for f in json.loads(out)["findings"]}
+    assert not found["vhd.header"]["passed"] and "cxsparse" in found["vhd.header"]["message"]
+    for rule in ("vhd.type", "vhd.parent", "vhd.file-size", "azure.size-range"):
+        assert not found[rule]["passed"], rule
+        assert found[rule]["message"].startswith("not evaluated"), rule
 
 
 def test_wrong_parent_id_is_a_clear_error(chain: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up
 from .errors import FormatError, ParentNotFound
 from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
 from .formats.base import file_size
+from .formats.vhd_alone import open_child_alone
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
 from .report import Finding, Report, Severity
@@ -89,6 +90,14 @@ class _Judge:
     def skip(self, *rules: str) -> None:
         self.skipped.update(rules)
 
+    def not_evaluated(self, why: str, *rules: str) -> None:
+        """Rules that could not be judged: listed as such, never as passed."""
+        for rule in rules:
+            if rule not in self.failed:
+                self.failed.add(rule)
+                self.report.findings.append(Finding(rule, "info", f"not evaluated: {why}",
+                                                    applicable=False))
+
     def finish(self, rules: list[str]) -> Report:
         for rule in rules:
             if rule in self.failed or rule not in RULES:
@@ -124,20 +133,23 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         disk = open_disk(path, parent, strict=False)
     except ParentNotFound as exc:
         j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
-        # Only a differencing VHD has a parent; the rest of it cannot be judged without one.
-        j.fail("vhd.type", "error", "differencing VHD: Azure accepts only fixed VHDs",
-               fix=j.convert_fix + " --parent PATH")
-        j.skip(*(r for r in RULES if r not in ("format", "vhd.cookie", "vhd.footer-checksum",
-                                               "vhd.version")))
+        disk = _child_alone(j, path)
+        if disk is None:  # only a differencing VHD has a parent; nothing else can be judged
+            j.fail("vhd.type", "error", "differencing VHD: Azure accepts only fixed VHDs",
+                   fix=j.convert_fix + " --parent PATH")
     except FormatError as exc:
         rule = rule_for(exc)
         j.fail(rule, "error", f"{exc.field} at offset {exc.offset}: {exc.problem}",
                evidence=f"{exc.field} @ {exc.offset}",
                fix="the image is damaged: export it again from its source")
-        j.skip(*(r for r in RULES if r != rule and r != "format"))
+        j.not_evaluated(f"the image cannot be read past {exc.field}",
+                        *(r for r in rules if r != rule and r != "format"))
     if disk is None:
         if fmt != "vhd":
             j.skip("vhd.cookie")
+        if "vhd.parent" in j.failed:  # nothing of the disk could be read
+            j.not_evaluated("the disk could not be opened without its parent",
+                            *(r for r in rules if r not in j.skipped))
         return j.finish(rules)
     with disk:
         j.report.facts.update({"format": fmt, "kind": disk.kind, "virtual_size": disk.size,
@@ -152,6 +164,15 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
             j.skip(*(r for r in RULES if r.startswith("vhd.")))
         _size_rules(j, disk.size, image, os_disk)
     return j.finish(rules)
+
+
+def _child_alone(j: _Judge, path: str) -> VirtualDisk | None:
+    """A differencing VHD whose parent is missing is judged on its own metadata (footer, header,
+    BAT, size); nothing here reads its data, which would come partly from the parent."""
+    try:
+        return open_child_alone(path, strict=False)
+    except FormatError:
+        return None
 
 
 def detect_format_lenient(path: str) -> str:

@@ -9,9 +9,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from .errors import ParentNotFound
 from .extents import total
 from .formats import DynamicVhdDisk, VirtualDisk, open_disk
 from .formats.base import file_size
+from .formats.vhd_alone import open_child_alone
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import VHD_EPOCH, DiskType, Footer
 
@@ -48,7 +50,7 @@ def footer_facts(f: Footer) -> dict[str, Any]:
     }
 
 
-def _dynamic_facts(disk: DynamicVhdDisk) -> dict[str, Any]:
+def _dynamic_facts(disk: DynamicVhdDisk, parent_error: str | None = None) -> dict[str, Any]:
     img = disk.image
     assert img.header is not None and img.bat is not None
     h = img.header
@@ -74,12 +76,13 @@ def _dynamic_facts(disk: DynamicVhdDisk) -> dict[str, Any]:
             ],
             "resolved_path": parent.path if parent is not None else None,
             "kind": parent.kind if parent is not None else None,
+            "error": parent_error,
         }
     return out
 
 
-def describe(disk: VirtualDisk) -> dict[str, Any]:
-    """Facts about an opened disk."""
+def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, Any]:
+    """Facts about an opened disk (``parent_error``: why a differencing disk has no parent)."""
     image: VhdImage | None = getattr(disk, "image", None)
     fmt = "vhdx" if disk.kind == "vhdx" else ("vhd" if image is not None else "raw")
     size_of_file = file_size(disk.path)
@@ -97,7 +100,7 @@ def describe(disk: VirtualDisk) -> dict[str, Any]:
         out["footer"]["offset"] = image.footer_offset
         out["footer"]["legacy_511_bytes"] = image.legacy_footer
         if isinstance(disk, DynamicVhdDisk):
-            out["dynamic"] = _dynamic_facts(disk)
+            out["dynamic"] = _dynamic_facts(disk, parent_error)
         out["anomalies"] = [
             {"rule": a.rule, "severity": a.severity, "field": a.error.field,
              "offset": a.error.offset, "message": a.error.problem}
@@ -107,6 +110,18 @@ def describe(disk: VirtualDisk) -> dict[str, Any]:
 
 
 def inspect_path(path: str, parent: str | None = None) -> dict[str, Any]:
-    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it."""
-    with open_disk(path, parent) as disk:
+    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it.
+
+    A differencing VHD whose parent is missing is still described from its own metadata
+    (footer, header, locators), with the reason in ``dynamic.parent.error``.
+    """
+    try:
+        disk = open_disk(path, parent)
+    except ParentNotFound as exc:
+        alone = open_child_alone(path) if parent is None else None
+        if alone is None:
+            raise
+        with alone:
+            return describe(alone, str(exc))
+    with disk:
         return describe(disk)

@@ -46,8 +46,9 @@ def render(facts: dict[str, Any]) -> str:
         ]
         p = d.get("parent")
         if p:
+            found = p["resolved_path"] or f"NOT FOUND: {p.get('error') or 'unknown'}"
             lines += [f"  parent:        {p['name']} ({p['unique_id']})",
-                      f"  parent found:  {p['resolved_path']}"]
+                      f"  parent found:  {found}"]
             lines += [f"  locator:       {loc['platform']} {loc['path']}" for loc in p["locators"]]
     for a in facts.get("anomalies", []):
         lines.append(f"  {a['severity']}: {a['rule']}: {a['field']} at offset {a['offset']}: "
