@@ -28,8 +28,9 @@ MiB = 1 << 20
 # variant -> (ids of failing errors, ids of failing warnings) with --expect generalized
 EXPECTED: dict[str, tuple[set[str], set[str]]] = {
     "generalized-gpt": (set(), set()),
-    "generalized-mbr": (set(), set()),
-    "generalized-mbr-extended": (set(), set()),
+    # MBR disks boot BIOS only (GRUB in the MBR, no ESP): Generation 1 only
+    "generalized-mbr": (set(), {"boot.v1-only"}),
+    "generalized-mbr-extended": (set(), {"boot.v1-only"}),
     "generalized-lvm": (set(), set()),
     "generalized-xfs": (set(), set()),
     "generalized-cloud-init": (set(), set()),
@@ -47,7 +48,8 @@ EXPECTED: dict[str, tuple[set[str], set[str]]] = {
          "linux.deprovision.ovf-env"},
         {"linux.deprovision.machine-id", "linux.deprovision.shell-history"}),
     "no-agent": ({"linux.agent.missing"}, set()),
-    "swap": (set(), {"linux.swap.fstab", "linux.swap.partition", "linux.swap.file"}),
+    "swap": (set(), {"linux.swap.fstab", "linux.swap.partition", "linux.swap.file",
+                     "boot.v1-only"}),
     "no-hv-drivers": ({"linux.hv-drivers"}, set()),
     "no-console": (set(), {"linux.console"}),
     "udf-blacklisted": ({"linux.blacklist.udf"}, set()),

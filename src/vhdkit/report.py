@@ -34,6 +34,25 @@ class Finding:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class BootFacts:
+    """How the OS disk boots, as pre-flight read it (the managed-disk command picks
+    ``--hyper-v-generation`` and ``--architecture`` from it).
+
+    ``trusted_launch`` is None when the disk does not boot UEFI (the question does not arise);
+    it rests on the *presence* of Authenticode signatures, not on their validation.
+    """
+
+    generations: tuple[str, ...]  # ("V1",), ("V2",), ("V1", "V2") or ()
+    architecture: str | None  # "x64", "Arm64", other names, or None when unknown
+    trusted_launch: bool | None
+    evidence: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"generations": list(self.generations), "architecture": self.architecture,
+                "trusted_launch": self.trusted_launch, "evidence": list(self.evidence)}
+
+
 @dataclass
 class Report:
     """The outcome of ``check`` or ``preflight`` on one disk."""
@@ -41,6 +60,8 @@ class Report:
     subject: str
     findings: list[Finding] = field(default_factory=list)
     facts: dict[str, object] = field(default_factory=dict)
+    #: set by pre-flight when it found an OS (facts["boot"] holds the same, for JSON)
+    boot: BootFacts | None = None
 
     @property
     def problems(self) -> list[Finding]:

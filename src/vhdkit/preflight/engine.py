@@ -8,6 +8,7 @@ from ..errors import PreflightError, UsageError
 from ..expectations import EXPECTATIONS
 from ..formats import VirtualDisk, open_disk
 from ..report import Finding, Report
+from .boot import BootVolume, judge_boot
 from .fs import Filesystem, Probe, open_filesystem, probe_filesystem
 from .linux import LinuxContext, linux_findings
 from .mounts import FstabEntry, MountTree, matches, parse_fstab
@@ -60,6 +61,8 @@ def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
     unreadable = [o for o in opened if o.probe.fstype and not o.volume.encryption
                   and o.probe.fstype not in READABLE | NOT_FILESYSTEMS | {"ntfs"}]
     report.extend([unreadable_finding(o.volume.label, o.probe, bool(found)) for o in unreadable])
+    if found:
+        _boot(disk, scan.scheme, opened, found[0], "windows" if windows else "linux", report)
     if windows:
         report.facts["os"] = "windows"
         report.extend(_windows(windows[0], expect))
@@ -88,6 +91,22 @@ def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
             "decrypt before upload (manage-bde -off C: | cryptsetup reencrypt --decrypt), or "
             "use Azure Disk Encryption / server-side encryption instead")])
     return report
+
+
+def _boot(disk: VirtualDisk, scheme: str, opened: list[Opened], os_volume: Opened,
+          os_name: str, report: Report) -> None:
+    """Generations, architecture and Trusted Launch readiness (preflight/boot.py)."""
+    assert os_volume.fs is not None
+    volumes = [BootVolume(o.volume, o.probe.fstype, o.fs) for o in opened]
+    try:
+        boot, findings = judge_boot(disk, scheme, volumes, os_name, os_volume.fs)
+    except PreflightError as exc:
+        report.extend([Finding("boot.unreadable", "warning",
+                               "the boot files cannot be read", str(exc))])
+        return
+    report.boot = boot
+    report.facts["boot"] = boot.to_dict()
+    report.extend(findings)
 
 
 def _signature(vol: Volume) -> str:
