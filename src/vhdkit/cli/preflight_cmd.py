@@ -52,4 +52,15 @@ def describe_os(facts: dict[str, Any]) -> str:
         what += f" ({facts['distro']})"
     if facts.get("root"):
         what += f", root on {facts['root']}"
-    return f"  found: {what}; {disk}"
+    return f"  found: {what}; {disk}" + _describe_boot(facts.get("boot"))
+
+
+def _describe_boot(boot: Any) -> str:
+    """The generations, architecture and Trusted Launch line (preflight/boot.py)."""
+    if not isinstance(boot, dict):
+        return ""
+    gens = ", ".join(boot["generations"]) or "none"
+    tl = {True: "possible (signature presence, not validated)", False: "not possible",
+          None: "not possible (no UEFI boot)"}[boot["trusted_launch"]]
+    return (f"\n  boots: generation {gens}; architecture {boot['architecture'] or 'unknown'}; "
+            f"Trusted Launch: {tl}")

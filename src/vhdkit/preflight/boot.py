@@ -284,6 +284,8 @@ def _generation_findings(disk: VirtualDisk, scheme: str, esps: list[BootVolume],
                "(it creates the EFI System Partition and runs bcdboot)" if os_name == "windows"
                else "add an EFI System Partition (FAT32, type EF00) mounted at /boot/efi, then "
                "install shim-signed and grub-efi (grub-install --target=x86_64-efi)")
+    if not generations and j.v1:
+        return []  # a BIOS path for an Arm64 OS: the architecture finding says why it fails
     if not generations:
         bios = any(b.volume.type_name == "bios-boot" for b in volumes)
         if scheme == "gpt" and not esps and not bios:
