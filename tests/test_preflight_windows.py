@@ -42,6 +42,11 @@ EXPECTED: dict[tuple[str, str], tuple[set[str], set[str]]] = {
         "windows.rdp-port", "windows.san-policy", "windows.realtime-utc", "windows.vm-agent",
         "windows.dhcp"}),
     ("corrupt-hive", "generalized"): ({"windows.hive.system", "windows.control-set"}, set()),
+    # The primary says cdrom disabled and RDP denied; the logs (replayed) say otherwise.
+    ("dirty-new-log", "generalized"): (set(), set()),
+    ("dirty-old-log", "generalized"): (set(), set()),
+    ("dirty-logs-missing", "generalized"): (
+        {"windows.cdrom-disabled", "windows.rdp-denied"}, {"windows.hive-log.system"}),
 }
 
 

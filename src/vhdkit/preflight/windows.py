@@ -15,6 +15,7 @@ from ..errors import FormatError, PreflightError, UsageError
 from ..report import Finding, Severity
 from .fs import Filesystem
 from .registry import Hive
+from .reglog import Replay, open_replayed
 
 SYSTEM_HIVE = "Windows/System32/config/SYSTEM"
 SOFTWARE_HIVE = "Windows/System32/config/SOFTWARE"
@@ -71,10 +72,26 @@ def _shown(value: object) -> str:
 # -- reading the volume ------------------------------------------------------------------------
 
 
-def _open_hive(fs: Filesystem, path: str, name: str) -> Hive | None:
-    """Open the hive as a stream: libregf reads only the cells asked for."""
-    stream = fs.open_file(path)
-    return None if stream is None else Hive(stream, name)
+def _open_hive(fs: Filesystem, path: str, name: str) -> tuple[Hive | None, Replay | None]:
+    """Open the hive as a stream (libregf reads only the cells asked for), with its transaction
+    logs replayed in memory when it is dirty."""
+    stream, replay = open_replayed(fs, path, name)
+    return (None if stream is None else Hive(stream, name)), replay
+
+
+def _replay_finding(name: str, replay: Replay) -> Finding:
+    rule = f"windows.hive-log.{name.lower()}"
+    if replay.state == "clean":
+        return _ok(rule, "warning", f"the {name} hive is clean (no pending transaction log)",
+                   replay.evidence)
+    if replay.state == "replayed":
+        return _ok(rule, "warning", f"the {name} hive was dirty: its transaction logs were "
+                   "replayed in memory before reading", replay.evidence)
+    missing = "missing" if replay.state == "logs-missing" else "unusable"
+    return Finding(rule, "warning", f"the {name} hive is dirty and its transaction logs are "
+                   f"{missing}: recent registry changes may not be seen", replay.evidence,
+                   "start the machine once and shut it down cleanly (Windows then writes the "
+                   "logs into the hive), and capture the disk again")
 
 
 def _decode_text(raw: bytes) -> str:
@@ -342,13 +359,15 @@ def _hive_or_finding(fs: Filesystem, path: str, name: str,
                      out: list[Finding]) -> Hive | None:
     rule = f"windows.hive.{name.lower()}"
     try:
-        hive = _open_hive(fs, path, name)
+        hive, replay = _open_hive(fs, path, name)
     except (FormatError, PreflightError) as exc:
         out.append(Finding(rule, "error", f"the {name} hive cannot be read: {_problem(exc)}",
                            f"{path}: {exc}", "repair the image on its source machine"))
         return None
     if hive is None:
         out.append(Finding(rule, "error", f"the {name} hive is missing", f"{path}: absent"))
+    elif replay is not None:
+        out.append(_replay_finding(name, replay))
     return hive
 
 
