@@ -46,3 +46,27 @@ def test_check_json_keys_are_documented(tmp_path: Path) -> None:
     assert set(doc["facts"]) == {"format", "kind", "virtual_size", "file_size", "azure_size"}
     assert set(doc["findings"][0]) == {"id", "severity", "message", "evidence", "fix", "passed",
                                        "applicable"}
+
+
+def test_preflight_json_keys_are_documented(tmp_path: Path) -> None:
+    """The facts of a Linux OS disk (every key appears for it) are exactly the documented ones;
+    the boot facts are the Report's typed ``boot`` attribute."""
+    from fixtures import linux_disks
+    from vhdkit.formats import open_disk
+    from vhdkit.preflight import preflight_disk
+
+    raw = linux_disks.build("generalized-gpt", tmp_path)
+    code, out, _ = vhdkit("preflight", "--json", str(raw))
+    assert code == 0
+    doc = json.loads(out)
+    want = documented("preflight")
+    volume_keys = re.search(r"`\{(number, [^}]*)\}`", DOC.read_text().split(
+        "## `vhdkit preflight")[1])
+    assert volume_keys is not None
+    empty = {k for k, v in doc["facts"].items() if v == {}}  # mounts: {} without /boot etc.
+    assert keys(doc["facts"]) | empty == want
+    assert set(doc["facts"]["volumes"][0]) == set(volume_keys.group(1).split(", "))
+    assert doc["facts"]["boot"]["generations"] == ["V1", "V2"]
+    with open_disk(raw) as disk:
+        report = preflight_disk(disk)
+    assert report.boot is not None and report.boot.to_dict() == doc["facts"]["boot"]
