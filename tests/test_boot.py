@@ -189,3 +189,39 @@ def test_kernel_headers() -> None:
     assert kernel_architecture(arm64_image()[:2048])[0] == "Arm64"  # type: ignore[index]
     assert kernel_architecture(b"\x1f\x8b" + bytes(100)) is None  # damaged gzip
     assert kernel_architecture(bytes(4096)) is None
+
+
+# -- damaged boot pieces: findings, never tracebacks ------------------------------------------
+
+def _esp_offset(path: Path) -> int:
+    with open_disk(path) as disk:
+        return next(v.offset for v in scan_volumes(disk).volumes if v.type_name == "efi-system")
+
+
+def test_unreadable_esp_is_named_and_not_counted(disks: Disks) -> None:
+    from fixtures.linux_disks import OverlayDisk
+
+    path = disks.get("linux-gpt-esp")
+    with open_disk(path) as base:
+        disk = OverlayDisk(base, {_esp_offset(path): bytes(512)})  # the FAT boot sector wiped
+        report = preflight_disk(disk)
+    assert report.boot is not None and report.boot.generations == ()
+    none = next(f for f in report.findings if f.id == "boot.none")
+    assert "EFI System Partition gpt partition 1 holds no filesystem, not a readable FAT" \
+        in none.evidence
+
+
+def test_damaged_loader_headers_are_not_loaders(disks: Disks) -> None:
+    """Every PE header on the ESP gets an e_lfanew far past the file: no loader, no V2."""
+    from fixtures.linux_disks import OverlayDisk
+
+    path = disks.get("linux-gpt-esp")
+    start = _esp_offset(path)
+    with open_disk(path) as base:
+        esp = base.read_at(start, 8 << 20)
+        patches = {start + i + 0x3C: struct.pack("<I", 0x7FFFFFF0)
+                   for i in range(0, len(esp), 512) if esp[i:i + 2] == b"MZ"}
+        assert len(patches) >= 2
+        report = preflight_disk(OverlayDisk(base, patches))
+    assert report.boot is not None and report.boot.generations == ()
+    assert "holds no EFI loader" in next(f for f in report.findings if f.id == "boot.none").evidence

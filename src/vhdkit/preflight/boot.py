@@ -29,6 +29,7 @@ from .volumes import Volume
 TIB2 = 2 << 40
 MAX_EFI_DIRS = 64  # vendor directories looked at under \EFI
 KERNEL_HEAD = 64 << 10  # a gzip-compressed kernel needs more input for its first 4 KiB
+MAX_KERNELS = 8  # kernel images looked at per /boot
 FALLBACK = ("EFI/BOOT/BOOTX64.EFI", "EFI/BOOT/BOOTAA64.EFI")
 WINDOWS_LOADER = "EFI/Microsoft/Boot/bootmgfw.efi"
 VENDOR_LOADERS = ("shimx64.efi", "shimaa64.efi", "grubx64.efi", "grubaa64.efi",
@@ -194,18 +195,24 @@ def _loader(esp: BootVolume, path: str) -> Loader | None:
     f = esp.fs.open_file(path)
     if f is None:
         return None
-    size = f.get_size()
-    f.seek(0)
-    head = f.read(min(size, HEADER_BYTES))
-    pe = parse_pe(head, size)
-    if pe is None or pe.architecture not in ("x64", "Arm64"):
+    try:
+        size = f.get_size()
+        f.seek(0)
+        head = f.read(min(size, HEADER_BYTES))
+        pe = parse_pe(head, size)
+        if pe is None or pe.architecture not in ("x64", "Arm64"):
+            return None
+        cert = b""
+        if pe.signature is not None:
+            f.seek(pe.signature[0])
+            cert = f.read(8)
+    except (OSError, RuntimeError, ValueError):  # a damaged FAT chain: not a usable loader
         return None
     signature = f"no Authenticode signature in {path}"
     signed = False
     if pe.signature is not None:
         off, length = pe.signature
-        f.seek(off)
-        pe = parse_pe(head, size, f.read(8))
+        pe = parse_pe(head, size, cert)
         if pe is not None and pe.signature is not None:
             signed = True
             signature = (f"{path}: Authenticode signature of {length} bytes at offset {off} "
@@ -221,12 +228,9 @@ def _os_architecture(os_name: str, os_fs: Filesystem,
                      volumes: Sequence[BootVolume]) -> tuple[str, str] | None:
     """(architecture, evidence) from ntoskrnl.exe or a Linux kernel image."""
     if os_name == "windows":
-        f = os_fs.open_file(NTOSKRNL)
-        if f is None:
-            return None
-        size = f.get_size()
-        f.seek(0)
-        pe = parse_pe(f.read(min(size, HEADER_BYTES)), size)
+        head = os_fs.read_file(NTOSKRNL, HEADER_BYTES)
+        size = os_fs.file_size(NTOSKRNL)
+        pe = None if head is None or size is None else parse_pe(head, size)
         if pe is None:
             return None
         return pe.architecture, f"\\{NTOSKRNL.replace('/', chr(92))} PE machine " \
@@ -237,7 +241,7 @@ def _os_architecture(os_name: str, os_fs: Filesystem,
     for fs, folder, where in places:
         names = sorted(n for n in fs.listdir(folder or "/") or []
                        if n.startswith(("vmlinuz-", "vmlinux-", "Image-")))
-        for name in reversed(names):  # the newest version sorts last
+        for name in reversed(names[-MAX_KERNELS:]):  # the newest version sorts last
             path = f"/{folder}/{name}" if folder else f"/{name}"
             head = fs.read_file(path, KERNEL_HEAD)
             found = kernel_architecture(head) if head else None

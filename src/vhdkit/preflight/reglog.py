@@ -23,6 +23,7 @@ import io
 import struct
 from dataclasses import dataclass, field
 
+from ..errors import PreflightError
 from .fs import Filesystem
 from .volumes import BinaryFile
 
@@ -195,8 +196,18 @@ def open_replayed(fs: Filesystem, path: str, name: str) -> tuple[BinaryFile | No
     """The hive at ``path`` as libregf should read it, and what was done to it.
 
     (None, None) when the file is absent; (the stream as it is, None) when it has no readable
-    base block (libregf then names the problem).
+    base block (libregf then names the problem). A volume that fails while the hive or its
+    logs are read raises :class:`PreflightError`.
     """
+    try:
+        return _open_replayed(fs, path, name)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise PreflightError(f"{path}: cannot read the hive or its logs: "
+                             f"{' '.join(str(exc).split())[:200]}") from exc
+
+
+def _open_replayed(fs: Filesystem, path: str, name: str
+                   ) -> tuple[BinaryFile | None, Replay | None]:
     stream = fs.open_file(path)
     if stream is None:
         return None, None
