@@ -75,3 +75,19 @@ def test_create_container(disks: dict[str, Path], azurite_url: str,
     code, _, err = vhdkit("upload", str(disks["generalized-gpt"]),
                           f"{azurite_url}/c/b.vhd?sv=x&sig=secret", "--create-container")
     assert code == 2 and "--create-container needs" in err and "secret" not in err
+
+
+def test_gate_hands_over_os_generations_and_architecture(disks: dict[str, Path]) -> None:
+    """What the managed-disk hand-off needs (--hyper-v-generation, --architecture) comes with
+    the gate's report."""
+    from vhdkit.azure_view import AzureView
+    from vhdkit.formats import open_disk
+    from vhdkit.gate import upload_gate
+
+    with open_disk(disks["generalized-gpt"]) as disk:
+        report = upload_gate(AzureView.of(disk))
+    assert report.ready
+    assert report.facts["os"] == "linux"
+    assert report.boot is not None
+    assert (report.boot.generations, report.boot.architecture) == (("V1", "V2"), "x64")
+    assert report.facts["boot"] == report.boot.to_dict()

@@ -19,6 +19,7 @@ def upload_gate(view: AzureView, *, expect: str = "generalized",
             found = preflight_disk(view.disk, expect)
             report.extend(found.findings)
             report.facts.update(found.facts)  # OS, generations, architecture: for what follows
+            report.boot = found.boot  # typed: generations, architecture, Trusted Launch
         except VhdkitError as exc:
             report.extend([Finding("preflight.unreadable", "error",
                                    f"cannot inspect the OS inside: {exc}",
