@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import PreflightError
 from ..formats import VirtualDisk
 from ..report import BootFacts, Finding
 from .arch import HEADER_BYTES, kernel_architecture, parse_pe
@@ -85,11 +86,17 @@ def judge_boot(disk: VirtualDisk, scheme: str, volumes: Sequence[BootVolume], os
         _v1_gpt(disk, code, volumes, j)
     esps = [b for b in volumes if b.volume.type_name == "efi-system"]
     for esp in esps:
-        _v2_esp(esp, j)
+        try:
+            _v2_esp(esp, j)
+        except PreflightError as exc:  # a damaged FAT: this ESP boots nothing we can see
+            j.notes.append(f"EFI System Partition {esp.volume.label} cannot be read: {exc}")
     if not esps:
         j.notes.append(f"no EFI System Partition ({scheme} table)")
 
-    os_arch = _os_architecture(os_name, os_fs, volumes)
+    try:
+        os_arch = _os_architecture(os_name, os_fs, volumes)
+    except PreflightError:  # the kernel cannot be read: the loaders may still tell
+        os_arch = None
     loader_archs = sorted({ld.architecture for ld in j.loaders})
     findings: list[Finding] = []
     arch, arch_findings = _architecture(os_arch, loader_archs, bool(j.v1), bool(j.v2))
