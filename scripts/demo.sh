@@ -28,7 +28,7 @@ expect() {
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-step "1. Generate a 67 MiB Linux disk (GPT, ext4, generalized) without mounting anything"
+step "1. Generate a 76 MiB Linux disk (GPT: ext4 root, BIOS boot, EFI System Partition; generalized) without mounting anything"
 raw=$(PYTHONPATH=. "$PY" fixtures/linux_disks.py "$OUT" generalized-gpt)
 echo "$raw"
 

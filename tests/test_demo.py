@@ -27,4 +27,4 @@ def test_demo_script_runs_end_to_end(tmp_path: Path, azurite_url: str) -> None:
                  "vhdkit check: exit 0", "vhdkit upload: exit 0"):
         assert line in out
     assert "[resumed]" in out and "sent:       0 bytes in 0 writes" in out
-    assert (tmp_path / "demo-out" / "sample-azure.vhd").stat().st_size == 68 * 1024 * 1024 + 512
+    assert (tmp_path / "demo-out" / "sample-azure.vhd").stat().st_size == 77 * 1024 * 1024 + 512
