@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fixtures import boot_disks as bd
 from fixtures import qemu
@@ -29,6 +31,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], str, bool | None, set[str], set[str]]
     "linux-arm64": (("V2",), "Arm64", True, set(), set()),
     "windows-v2": (("V2",), "x64", True, set(), set()),
     "windows-v1": (("V1",), "x64", NO_TL, set(), {"boot.v1-only"}),
+    "linux-mbr-esp": (("V1", "V2"), "x64", True, set(), set()),
     "linux-gpt-bare": ((), "x64", NO_TL, {"boot.gpt-no-esp"}, set()),
     "linux-mbr-no-code": ((), "x64", NO_TL, {"boot.none"}, set()),
     "linux-unsigned": (("V2",), "x64", False, set(), {"boot.trusted-launch"}),
@@ -119,7 +122,8 @@ def test_arm64_evidence_from_pe_machine_and_kernel_header(disks: Disks) -> None:
     assert "Arm64 boots only on Generation 2" in arch.message
 
 
-@pytest.mark.parametrize("name", ["linux-hybrid", "windows-v2", "linux-mbr", "windows-v1"])
+@pytest.mark.parametrize("name", ["linux-hybrid", "windows-v2", "linux-mbr", "windows-v1",
+                                  "linux-mbr-esp"])
 def test_partition_tables_agree_with_sfdisk(disks: Disks, name: str) -> None:
     """sfdisk wrote the table; sfdisk --json reads it back independently of vhdkit."""
     path = disks.get(name)
@@ -225,3 +229,15 @@ def test_damaged_loader_headers_are_not_loaders(disks: Disks) -> None:
         report = preflight_disk(OverlayDisk(base, patches))
     assert report.boot is not None and report.boot.generations == ()
     assert "holds no EFI loader" in next(f for f in report.findings if f.id == "boot.none").evidence
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(max_size=600), size=st.integers(0, 1 << 40),
+       tail=st.one_of(st.none(), st.binary(max_size=8)))
+def test_pe_and_kernel_headers_never_raise(data: bytes, size: int, tail: bytes | None) -> None:
+    for head in (data, b"MZ" + data, pe_image()[:0x80] + data):
+        pe = parse_pe(head, size, tail)
+        if pe is not None and pe.signature is not None:
+            off, length = pe.signature
+            assert off > 0 and off + length <= size
+        kernel_architecture(head)

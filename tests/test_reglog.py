@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from regipy.recovery import apply_transaction_logs
 from regipy.registry import RegistryHive
 
@@ -184,3 +186,32 @@ def test_findings_say_dirty_and_replayed_or_logs_missing(tmp_path: Path, variant
     else:
         assert "dirty and its transaction logs are missing" in log.message and log.fix
         assert not found["windows.cdrom-disabled"].passed
+
+
+_LOGS = {fmt: logs(fmt) for fmt in ("new", "old")}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(fmt=st.sampled_from(["new", "old"]), which=st.sampled_from(["LOG1", "LOG2"]),
+       edits=st.lists(st.tuples(st.integers(0, 6143), st.integers(0, 255)), min_size=1,
+                      max_size=12),
+       cut=st.one_of(st.none(), st.integers(0, 6144)))
+def test_damaged_logs_never_escape(fmt: str, which: str, edits: list[tuple[int, int]],
+                                   cut: int | None) -> None:
+    """Any damage to a log: a replay or a refusal, never an exception or a read past the hive."""
+    primary, log1, log2 = _LOGS[fmt]
+    log = bytearray(log1 if which == "LOG1" else log2)
+    for at, value in edits:
+        if at < len(log):
+            log[at] = value
+    if cut is not None:
+        del log[cut:]
+    files = {"SYSTEM": primary, "SYSTEM.LOG1": log1, "SYSTEM.LOG2": log2}
+    files[f"SYSTEM.{which}"] = bytes(log)
+    stream, replay = open_replayed(MemFs(files), "SYSTEM", "SYSTEM")
+    assert stream is not None and replay is not None
+    assert replay.state in ("replayed", "not-replayed")
+    size = stream.get_size()
+    assert size <= BASE_BLOCK + (1 << 32)
+    stream.seek(0)
+    assert len(stream.read(min(size, 1 << 20))) == min(size, 1 << 20)
