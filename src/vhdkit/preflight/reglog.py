@@ -277,7 +277,7 @@ def _open_replayed(fs: Filesystem, path: str, name: str
         why = ("no transaction log beside it" if not logs and not skipped else
                "its logs hold no change for sequence number "
                f"{primary.seq2}" + (f" ({'; '.join(skipped)})" if skipped else ""))
-        state = "logs-missing" if not logs else "not-replayed"
+        state = "logs-missing" if not logs and not skipped else "not-replayed"
         return stream, Replay(state, f"{path}: {seqs} differ; {why}")
     new_size = BASE_BLOCK + bins
     rebuilt = rebuilt_base_block(head, seq, bins)
