@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -241,3 +242,20 @@ def test_pe_and_kernel_headers_never_raise(data: bytes, size: int, tail: bytes |
             off, length = pe.signature
             assert off > 0 and off + length <= size
         kernel_architecture(head)
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda: pe_image("x64"), "PE32+ executable (EFI application) x86-64"),
+    (lambda: pe_image("Arm64", False), "PE32+ executable (EFI application) Aarch64"),
+    (lambda: pe_image("x64", True, 1), "PE32+ executable (native) x86-64"),
+    (bzimage, "Linux kernel x86 boot executable bzImage"),
+    (lambda: arm64_image(compressed=False), "Linux kernel ARM64 boot executable Image"),
+])
+def test_synthetic_boot_files_are_what_libmagic_says(tmp_path: Path, make: Any,
+                                                     says: str) -> None:
+    """file(1) is an independent reader of the fixture writer's PE and kernel headers."""
+    path = tmp_path / "f"
+    path.write_bytes(make())
+    out = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith(says), out
