@@ -259,3 +259,29 @@ def test_synthetic_boot_files_are_what_libmagic_says(tmp_path: Path, make: Any,
     out = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith(says), out
+
+
+@pytest.mark.parametrize(("name", "os_type", "gen", "arch"), [
+    ("linux-hybrid", "Linux", "V2", "x64"),  # boots both: V2 (Trusted Launch, current sizes)
+    ("linux-mbr", "Linux", "V1", "x64"),
+    ("linux-arm64", "Linux", "V2", "Arm64"),
+    ("windows-v1", "Windows", "V1", "x64"),
+    ("windows-v2", "Windows", "V2", "x64"),
+])
+def test_managed_disk_plan_reads_the_boot_facts(disks: Disks, name: str, os_type: str,
+                                                gen: str, arch: str) -> None:
+    """--hyper-v-generation auto / --architecture auto come from pre-flight's boot facts, and a
+    generation the disk does not boot is refused."""
+    from vhdkit.errors import UsageError
+    from vhdkit.managed_upload import ManagedDiskRequest, plan_disk, suggest_plan
+
+    report = judge(disks.get(name, "vhdx"))
+    plan = plan_disk(ManagedDiskRequest("d", "rg"), report, "generalized")
+    assert (plan.os_type, plan.hyper_v_generation, plan.architecture) == (os_type, gen, arch)
+    assert suggest_plan(report.facts, "generalized").hyper_v_generation == gen
+    assert report.boot is not None
+    if len(report.boot.generations) == 1:
+        other = "V1" if gen == "V2" else "V2"
+        with pytest.raises(UsageError, match=f"boots only {gen}"):
+            plan_disk(ManagedDiskRequest("d", "rg", hyper_v_generation=other), report,
+                      "generalized")

@@ -142,8 +142,9 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
                    f"{facts.get('os', 'no OS')}")
     else:
         os_type = None if req.os_type == "none" else req.os_type
-    gens = [str(g) for g in _as_list(facts.get("generations"))]
-    arch_found = facts.get("architecture")
+    boot = _boot_facts(facts)
+    gens = [str(g) for g in _as_list(boot.get("generations"))]
+    arch_found = boot.get("architecture")
     if os_type is None:  # a data disk carries none of these
         return DiskPlan(None, None, None, "Specialized", why)
     if req.hyper_v_generation == "auto":
@@ -170,6 +171,12 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
         raise UsageError("an Arm64 disk boots only on generation V2")
     state = "Specialized" if expect == "specialized" else "Generalized"
     return DiskPlan(os_type, gen, arch, state, why)
+
+
+def _boot_facts(facts: dict[str, object]) -> dict[str, object]:
+    """Pre-flight's boot facts (``facts["boot"]``: generations, architecture, trusted_launch)."""
+    boot = facts.get("boot")
+    return boot if isinstance(boot, dict) else {}
 
 
 def _as_list(value: object) -> list[object]:
@@ -285,9 +292,10 @@ def image_body(disk_id: str, plan: DiskPlan, disk: Any) -> dict[str, Any]:
 def suggest_plan(facts: dict[str, object], expect: str) -> DiskPlan:
     """What pre-flight found, for the next-step commands (never refuses: unknowns stay None)."""
     os_type = {"windows": "Windows", "linux": "Linux"}.get(str(facts.get("os", "")))
-    gens = [str(g) for g in _as_list(facts.get("generations"))]
+    boot = _boot_facts(facts)
+    gens = [str(g) for g in _as_list(boot.get("generations"))]
     gen = ("V2" if "V2" in gens else "V1") if gens else None
-    arch = str(facts["architecture"]) if facts.get("architecture") else None
+    arch = str(boot["architecture"]) if boot.get("architecture") else None
     state = "Specialized" if expect == "specialized" else "Generalized"
     return DiskPlan(os_type, gen, arch, state)
 
