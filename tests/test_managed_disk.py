@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +240,16 @@ def test_sizes_and_options_are_refused_before_anything_is_sent(
 
 
 def test_arm64_needs_generation_v2(linux_disk: Path, arm: ArmDouble, api: Compute) -> None:
+    # Pre-flight knows the fixture's boot files are x64: asking for Arm64 is refused by that.
     req = ManagedDiskRequest("arm", "rg1", hyper_v_generation="V1", architecture="Arm64")
-    with pytest.raises(UsageError, match="Arm64 disk boots only on generation V2"):
+    with pytest.raises(UsageError, match="the disk's boot files are x64"):
         run(linux_disk, api, req)
+    # Without pre-flight, the request alone is judged: Arm64 on V1 cannot start.
+    req = replace(req, os_type="Linux")
+    with open_disk(linux_disk) as disk, \
+            pytest.raises(UsageError, match="Arm64 disk boots only on generation V2"):
+        view = AzureView.of(disk)
+        managed_upload(view, req, api, sas_uploader(view), preflight=None)
     assert arm.calls() == []
 
 
