@@ -200,7 +200,8 @@ def test_unreadable_data_volume_beside_a_judged_os(linux_dir: Path) -> None:
     assert (zfs.severity, zfs.message) == ("info",
                                            "ZFS on gpt partition 2 (linux): pre-flight cannot "
                                            "look inside")
-    assert [v["fstype"] for v in report.facts["volumes"]] == ["ext4", "zfs"]
+    # root, the ZFS pool, then the BIOS boot partition and the ESP that make the disk boot
+    assert [v["fstype"] for v in report.facts["volumes"]] == ["ext4", "zfs", None, "vfat"]
 
 
 # -- pieces ---------------------------------------------------------------------------------
