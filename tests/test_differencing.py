@@ -107,8 +107,9 @@ def test_inspect_without_parent_still_shows_the_child(chain: tuple[Path, Path, P
     """The footer, header and locators are the child's own: shown even when the parent is gone."""
     _, mid, top = chain
     os.remove(mid)
-    code, out, _ = vhdkit("inspect", "--json", str(top))
-    assert code == 0
+    code, out, err = vhdkit("inspect", "--json", str(top))
+    assert code == 2  # the chain is incomplete: the reason on stderr, in one line
+    assert len(err.strip().splitlines()) == 1 and "parent disk not found" in err
     doc = json.loads(out)
     assert doc["disk_type"] == "differencing" and doc["footer"]["current_size"] == SIZE
     parent = doc["dynamic"]["parent"]
@@ -117,7 +118,7 @@ def test_inspect_without_parent_still_shows_the_child(chain: tuple[Path, Path, P
     assert [loc["platform"] for loc in parent["locators"]] == ["W2ru", "W2ku"]
     assert doc["dynamic"]["bat_entries_allocated"] == len(TOP)
     code, text, _ = vhdkit("inspect", str(top))
-    assert code == 0 and "parent found:  NOT FOUND: " in text and "locator:       W2ru" in text
+    assert code == 2 and "parent found:  NOT FOUND: " in text and "locator:       W2ru" in text
 
 
 def test_check_without_parent_never_passes_what_it_did_not_judge(

@@ -9,7 +9,7 @@ import click
 
 from ..facts import inspect_path
 from . import main
-from ._common import emit, run
+from ._common import emit, fail, run
 
 
 def _size(n: int) -> str:
@@ -64,3 +64,6 @@ def inspect(disk: str, parent: str | None, as_json: bool) -> None:
     """Show what DISK is: format, type, sizes, geometry, allocation, parent."""
     facts = run(lambda: inspect_path(disk, parent))
     emit(json.dumps(facts, indent=2) if as_json else render(facts))
+    missing = ((facts.get("dynamic") or {}).get("parent") or {}).get("error")
+    if missing:  # the child is shown, but its chain is incomplete: exit 2 with the reason
+        fail(missing)
