@@ -11,12 +11,14 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 import vhdkit
 import vhdkit.cli
+from armdouble import ArmDouble
 from azurite_plugin import DEV_ACCOUNT, DEV_KEY
 from fixtures import linux_disks, qemu
 from mddouble import ManagedDiskDouble, revoke_problems
@@ -61,6 +63,24 @@ def md_double(azurite_url: str) -> Iterator[ManagedDiskDouble]:
 
 
 @pytest.fixture(scope="module")
+def arm_double(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
+               md_double: ManagedDiskDouble) -> Iterator[ArmDouble]:
+    """The one-command managed-disk example: Azure Resource Manager's double, whose granted SAS
+    goes to the strict managed-disk double's md- host."""
+    def to_md(url: str) -> str:
+        parts = urlsplit(url)
+        container, blob = parts.path.strip("/").split("/")[-2:]
+        return md_double.sas_url(container, blob, parts.query)
+
+    service = BlobServiceClient(azurite_url, credential={"account_name": DEV_ACCOUNT,
+                                                         "account_key": DEV_KEY})
+    with ArmDouble(tmp_path_factory.mktemp("arm"), service, DEV_KEY, container="readme-md",
+                   sas_url=to_md) as arm:
+        arm.state.polls = None  # answers at once: the SDK's default poll wait is 30 s
+        yield arm
+
+
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
             md_double: ManagedDiskDouble) -> Path:
     work = tmp_path_factory.mktemp("readme")
@@ -85,10 +105,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
 
 
 def test_readme_commands_run_with_the_promised_exit_codes(workdir: Path, azurite_url: str,
-                                                          blob_service: BlobServiceClient) -> None:
+                                                          blob_service: BlobServiceClient,
+                                                          arm_double: ArmDouble) -> None:
     cmds = commands()
     env = dict(os.environ, AZURITE=azurite_url, SAS=os.environ["README_SAS"],
                **{CONNECT_TO_ENV: os.environ["README_CONNECT_TO"]},
+               **arm_double.identity_env(), VHDKIT_ARM_ENDPOINT=arm_double.endpoint,
+               AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-0000000readme",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     for cmd, want in cmds:
         res = subprocess.run(["bash", "-c", cmd], cwd=workdir, env=env, capture_output=True,
@@ -103,6 +126,13 @@ def test_readme_commands_run_with_the_promised_exit_codes(workdir: Path, azurite
     assert any(not r.cleared for r in blob.list_page_ranges()), "no pages on the managed disk"
     size = blob.get_blob_properties().size
     assert revoke_problems(size, blob.download_blob(offset=size - 512).readall()) == []
+    # the one-command flow created, filled and closed its disk
+    disk = arm_double.state.disks["mydisk2"]
+    assert disk["properties"]["diskState"] == "Unattached"
+    assert disk["properties"]["osType"] == "Linux"
+    made = blob_service.get_blob_client("readme-md", arm_double.blob_name("mydisk2"))
+    size = made.get_blob_properties().size
+    assert revoke_problems(size, made.download_blob(offset=size - 512).readall()) == []
 
 
 def test_readme_python_example_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch,

@@ -142,9 +142,7 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
                    f"{facts.get('os', 'no OS')}")
     else:
         os_type = None if req.os_type == "none" else req.os_type
-    boot = _boot_facts(facts)
-    gens = [str(g) for g in _as_list(boot.get("generations"))]
-    arch_found = boot.get("architecture")
+    gens, arch_found = _boot(preflight)
     if os_type is None:  # a data disk carries none of these
         return DiskPlan(None, None, None, "Specialized", why)
     if req.hyper_v_generation == "auto":
@@ -173,14 +171,12 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
     return DiskPlan(os_type, gen, arch, state, why)
 
 
-def _boot_facts(facts: dict[str, object]) -> dict[str, object]:
-    """Pre-flight's boot facts (``facts["boot"]``: generations, architecture, trusted_launch)."""
-    boot = facts.get("boot")
-    return boot if isinstance(boot, dict) else {}
-
-
-def _as_list(value: object) -> list[object]:
-    return list(value) if isinstance(value, (list, tuple)) else []
+def _boot(report: Report | None) -> tuple[list[str], str | None]:
+    """(generations the disk boots, architecture) as pre-flight found them."""
+    boot = getattr(report, "boot", None)
+    if boot is None:
+        return [], None
+    return [str(g) for g in boot.generations], boot.architecture
 
 
 def disk_body(req: ManagedDiskRequest, plan: DiskPlan, location: str,
@@ -289,13 +285,12 @@ def image_body(disk_id: str, plan: DiskPlan, disk: Any) -> dict[str, Any]:
     }
 
 
-def suggest_plan(facts: dict[str, object], expect: str) -> DiskPlan:
+def suggest_plan(report: Report | None, expect: str) -> DiskPlan:
     """What pre-flight found, for the next-step commands (never refuses: unknowns stay None)."""
+    facts = report.facts if report is not None else {}
     os_type = {"windows": "Windows", "linux": "Linux"}.get(str(facts.get("os", "")))
-    boot = _boot_facts(facts)
-    gens = [str(g) for g in _as_list(boot.get("generations"))]
+    gens, arch = _boot(report)
     gen = ("V2" if "V2" in gens else "V1") if gens else None
-    arch = str(boot["architecture"]) if boot.get("architecture") else None
     state = "Specialized" if expect == "specialized" else "Generalized"
     return DiskPlan(os_type, gen, arch, state)
 

@@ -75,7 +75,8 @@ def managed_disk_options() -> Callable[[F], F]:
                          help="Then create a managed image NAME from the disk."),
             click.option("--gallery", metavar="GALLERY/DEFINITION/VERSION",
                          help="Then create an Azure Compute Gallery image version."),
-            click.option("--arm-endpoint", metavar="URL", hidden=False,
+            click.option("--arm-endpoint", metavar="URL", envvar="VHDKIT_ARM_ENDPOINT",
+                         show_envvar=True,
                          help="Azure Resource Manager endpoint (sovereign clouds, Azure Stack)."),
         ]
         out: Any = wrapper

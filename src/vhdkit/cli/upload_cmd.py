@@ -224,7 +224,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
         click.echo(f"vhdkit: warning: {warning}", err=True)
     doc = result.to_dict()
     if result.mode != "dry-run" and result.destination:
-        plan = suggest_plan(gate[0].facts if gate else {}, expect)
+        plan = suggest_plan(gate[0] if gate else None, expect)
         doc["next_commands"] = blob_next_commands(result.destination, plan)
     if as_json:
         emit(json.dumps(doc, indent=2))
