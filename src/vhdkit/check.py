@@ -106,7 +106,7 @@ class _Judge:
 
 
 def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
-               parent: str | None = None) -> Report:
+               parent: str | None = None, member: int | None = None) -> Report:
     """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
     path = os.fspath(path)
     fmt = detect_format_lenient(path)
@@ -121,7 +121,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         rules.append("azure.os-disk-size")
     disk: VirtualDisk | None = None
     try:
-        disk = open_disk(path, parent, strict=False)
+        disk = open_disk(path, parent, strict=False, disk=member)
     except ParentNotFound as exc:
         j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
         # Only a differencing VHD has a parent; the rest of it cannot be judged without one.

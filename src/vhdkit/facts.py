@@ -106,7 +106,9 @@ def describe(disk: VirtualDisk) -> dict[str, Any]:
     return out
 
 
-def inspect_path(path: str, parent: str | None = None) -> dict[str, Any]:
-    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it."""
-    with open_disk(path, parent) as disk:
+def inspect_path(path: str, parent: str | None = None, *, member: int | None = None
+                 ) -> dict[str, Any]:
+    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it;
+    ``member`` picks a disk of an OVA holding several."""
+    with open_disk(path, parent, disk=member) as disk:
         return describe(disk)
