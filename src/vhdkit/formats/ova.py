@@ -63,10 +63,12 @@ def _attr(el: ET.Element, name: str) -> str | None:
 
 def _members(fd: int, size: int, path: str) -> list[Member]:
     out: list[Member] = []
+    where = 0  # the tar header being read, for messages
     f = io.FileIO(os.dup(fd), "rb", closefd=True)
     try:
         with tarfile.open(fileobj=f, mode="r:") as tf:
             while len(out) < MAX_MEMBERS:
+                where = tf.offset
                 info = tf.next()
                 if info is None:
                     break
@@ -81,7 +83,7 @@ def _members(fd: int, size: int, path: str) -> list[Member]:
                                       f"end of the archive ({size} bytes)")
                 out.append(Member(info.name, info.offset_data, info.size, info.offset))
     except (tarfile.TarError, EOFError, UnicodeError, ValueError) as exc:
-        raise FormatError("tar header", None, f"{path}: not a readable tar archive ({exc})"
+        raise FormatError("tar header", where, f"{path}: not a readable tar archive ({exc})"
                           ) from exc
     finally:
         f.close()
@@ -182,7 +184,8 @@ def _not_ova(path: str, why: str) -> UnsupportedDisk:
                            "(tar -xf) and give vhdkit the disk inside")
 
 
-def list_disks(fd: int, size: int, path: str) -> tuple[list[Member], list[OvfDisk]]:
+def list_disks(fd: int, size: int, path: str) -> tuple[list[Member], list[OvfDisk], int]:
+    """The archive's members, the disks its OVF lists, and the OVF's offset in the archive."""
     members = _members(fd, size, path)
     ovf = next((m for m in members if m.name.lower().endswith(".ovf")), None)
     if ovf is None:
@@ -191,13 +194,13 @@ def list_disks(fd: int, size: int, path: str) -> tuple[list[Member], list[OvfDis
         raise FormatError(f"tar member {ovf.name!r}.size", ovf.header,
                           f"an OVF of {ovf.size} bytes; at most {MAX_OVF} are read")
     raw = Region(fd, ovf.offset, ovf.size, path).pread(0, ovf.size)
-    return members, parse_ovf(raw, ovf.offset)
+    return members, parse_ovf(raw, ovf.offset), ovf.offset
 
 
 def open_ova(path: str, fd: int, size: int, parent: str | None, number: int | None) -> OvaDisk:
     """The disk ``number`` (1-based) of an OVA; owns ``fd`` from the call on."""
     try:
-        members, disks = list_disks(fd, size, path)
+        members, disks, ovf_at = list_disks(fd, size, path)
         if not disks:
             raise _not_ova(path, "its OVF lists no disks")
         if number is None:
@@ -215,14 +218,14 @@ def open_ova(path: str, fd: int, size: int, parent: str | None, number: int | No
         chosen = disks[number - 1]
         label = f"{path}: disk {number} ({chosen.href})"
         if chosen.href is None:
-            raise FormatError("ovf Disk.fileRef", None, f"{label}: names no File of References")
+            raise FormatError("ovf Disk.fileRef", ovf_at, f"{label}: names no File of References")
         if chosen.compression not in (None, "", "identity") or chosen.chunked:
             raise UnsupportedDisk(f"{label}: stored {chosen.compression or 'in chunks'}; "
                                   "extract the OVA first (tar -xf, then unpack the disk)")
         by_name = {_clean(m.name): m for m in members}
         member = by_name.get(_clean(chosen.href))
         if member is None or "://" in chosen.href:
-            raise FormatError("ovf File.href", None,
+            raise FormatError("ovf File.href", ovf_at,
                               f"{label}: not a member of the archive (vhdkit reads only disks "
                               "inside the OVA)")
         region = Region(fd, member.offset, member.size, label)
