@@ -14,6 +14,8 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import cast
 
 import construct as cs
 import numpy as np
@@ -51,9 +53,24 @@ MAX_GTES_PER_GT = 4096
 GRAIN_CACHE = 64
 #: a deflated grain is never much larger than the grain itself
 COMPRESSED_SLACK = 4096
-#: compressed grains of one read decompressed in parallel (zlib releases the GIL)
-POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: Compressed grains of one read are inflated in parallel (the inflaters release the GIL), but
+#: one core is left to the consumer (convert's writer, upload's senders): on 2 cores the pool
+#: was slower than inflating serially (benchmarks/bench_vmdk.py).
+POOL_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
 PARALLEL_MIN = 4
+
+
+def _inflater() -> tuple[ModuleType, tuple[type[Exception], ...]]:
+    """ISA-L's inflate (python-isal) is about 2.4x faster than zlib's on grains; zlib is the
+    fallback where isal has no wheel. Both take ``max_length``, which bounds a grain's output."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency
+        return zlib, (zlib.error,)
+    return isal_zlib, (cast("type[Exception]", isal_zlib.error), zlib.error)
+
+
+_INFLATE, _INFLATE_ERRORS = _inflater()
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -305,7 +322,7 @@ class SparseExtent:
             grain = self._grain(sector)
             dest[:] = grain[skip : skip + len(dest)]
 
-        if len(pending) >= PARALLEL_MIN and POOL_WORKERS > 1:
+        if POOL_WORKERS > 1 and len(pending) >= PARALLEL_MIN:
             for _ in _executor().map(one, pending):
                 pass
         else:
@@ -339,10 +356,10 @@ class SparseExtent:
                                             off + 8)
         else:
             packed = self.region.pread(off, limit)
-        d = zlib.decompressobj()
+        d = _INFLATE.decompressobj()
         try:
-            out = d.decompress(packed, gb)
-        except zlib.error as exc:
+            out: bytes = d.decompress(packed, gb)
+        except _INFLATE_ERRORS as exc:
             raise FormatError("grain", off, f"deflate data is corrupt ({exc})") from exc
         if d.unconsumed_tail and not d.eof:
             raise FormatError("grain", off, f"deflate data inflates to more than {gb} bytes")
