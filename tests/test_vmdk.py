@@ -430,3 +430,36 @@ def test_region_reads_stay_inside_the_window(tmp_path: Path) -> None:
             r.read_exact(40, 11, "field")
         assert np.array_equal(np.frombuffer(r.read_exact(0, 50, "f"), np.uint8),
                               np.arange(100, 150, dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("command", "ok"), [
+    (["inspect"], 0), (["check"], 1), (["preflight"], 0),
+    (["upload", "--dry-run", "--skip-preflight"], 0)])
+def test_every_command_takes_disk_n_for_an_ova(images: dict[str, VmdkImage], command: list[str],
+                                               ok: int) -> None:
+    ova = str(images["ova-disk2"].path)
+    code, out, err = vhdkit(*command, ova)
+    assert code == 2 and "several disks" in err and err.count("\n") == 1
+    code, out, err = vhdkit(*command, ova, "--disk", "2")
+    assert code == ok, out + err
+    if command == ["check"]:
+        assert f"vhdkit convert {ova} {ova[:-4]}-azure.vhd --disk 2" in out
+    if command[0] == "upload":
+        assert "16,777,216" in out or "16777216" in out or "16.00 MiB" in out, out
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+def test_a_1_tib_disk_reads_its_tables_not_its_size(tmp_path: Path) -> None:
+    raw = qemu.create(tmp_path / "big.raw", "raw", "1T")
+    qemu.write(raw, "raw", [(100 << 30, MIB, 0x5A)])
+    vmdk = qemu.convert(raw, "raw", tmp_path / "big.vmdk", "vmdk", "subformat=streamOptimized")
+    before = _rchar()
+    with open_disk(vmdk) as d:
+        assert d.extents() == [Extent(100 << 30, MIB)]
+        assert d.read_at(100 << 30, MIB) == b"\x5a" * MIB
+    # qemu preallocates every grain table (64 MiB of them for 1 TiB): each is read once
+    assert _rchar() - before < vmdk.stat().st_size

@@ -75,8 +75,9 @@ def converted_name(path: str) -> str:
 class _Judge:
     """Collects findings; rules not reported as failed are recorded as passed at the end."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, member: int | None = None) -> None:
         self.path = path
+        self.member = member
         self.report = Report(subject=path)
         self.failed: set[str] = set()
         self.skipped: set[str] = set()
@@ -102,7 +103,8 @@ class _Judge:
 
     @property
     def convert_fix(self) -> str:
-        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}"
+        pick = f" --disk {self.member}" if self.member is not None else ""
+        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}{pick}"
 
 
 def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
@@ -115,7 +117,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         # Too small to hold any disk: unreadable (exit 2), not a list of findings.
         problem = "empty file (0 bytes)" if size == 0 else f"truncated: only {size} bytes"
         raise FormatError("file", 0, problem)
-    j = _Judge(path)
+    j = _Judge(path, member)
     rules = list(RULES)
     if os_disk:
         rules.append("azure.os-disk-size")

@@ -34,7 +34,6 @@ from .vmdk_structs import (
     FLAG_ZEROED_GRAIN,
     FOOTER_TAIL,
     GD_AT_END,
-    GRAIN_MARKER,
     GRAIN_MARKER_SIZE,
     GTE_ZEROED,
     HEADER_FIELD_OFFSETS,
@@ -49,6 +48,8 @@ from .vmdk_structs import (
 #: make one grain's decompression buffer that large
 MAX_GRAIN_SECTORS = 2048
 MAX_GTES_PER_GT = 4096
+#: bytes of adjacent grain tables read at once
+TABLE_BATCH = 4 << 20
 #: decompressed grains kept for reads smaller than a grain
 GRAIN_CACHE = 64
 #: a deflated grain is never much larger than the grain itself
@@ -198,21 +199,37 @@ class SparseExtent:
         gd_off = gd_sector * SECTOR
         raw = self.region.read_exact(gd_off, entries * 4, f"header.{field}", self._field(field))
         gd = np.frombuffer(raw, dtype="<u4")
-        tables: dict[int, np.ndarray] = {}
+        used = np.flatnonzero(gd)
         size = self.region.length
         gt_bytes = self.gtes * 4
-        for i in np.flatnonzero(gd).tolist():
-            sector = int(gd[i])
-            if sector in tables:
-                continue
-            off = sector * SECTOR
-            if off + gt_bytes > size:
-                raise FormatError(f"grain directory entry {i}", gd_off + 4 * i,
-                                  f"grain table at byte {off} lies past the end of "
-                                  f"{self.region.name} ({size} bytes)")
-            gt = np.frombuffer(self.region.read_exact(off, gt_bytes, "grain table"), dtype="<u4")
-            self._check_table(gt, off)
-            tables[sector] = gt
+        bad = np.flatnonzero(gd[used].astype(np.uint64) * SECTOR + gt_bytes > size)
+        if len(bad):
+            i = int(used[bad[0]])
+            raise FormatError(f"grain directory entry {i}", gd_off + 4 * i,
+                              f"grain table at byte {int(gd[i]) * SECTOR} lies past the end of "
+                              f"{self.region.name} ({size} bytes)")
+        # Tables are read once each (a table named twice is one table), adjacent ones in one
+        # read; all-zero tables (qemu preallocates them) share one array.
+        sectors = np.unique(gd[used]).tolist()
+        empty = np.zeros(self.gtes, dtype="<u4")
+        tables: dict[int, np.ndarray] = {}
+        step = gt_bytes // SECTOR if gt_bytes % SECTOR == 0 else 0
+        i = 0
+        while i < len(sectors):
+            j = i + 1
+            while (step and j < len(sectors) and sectors[j] == sectors[j - 1] + step
+                   and (j - i + 1) * gt_bytes <= TABLE_BATCH):
+                j += 1
+            first = sectors[i] * SECTOR
+            block = np.frombuffer(self.region.read_exact(first, (j - i) * gt_bytes,
+                                                         "grain table"), dtype="<u4")
+            rows = block.reshape(j - i, self.gtes)
+            for k in range(j - i):
+                tables[sectors[i + k]] = empty
+            for k in np.flatnonzero(rows.any(axis=1)).tolist():
+                self._check_table(rows[k], first + k * gt_bytes)
+                tables[sectors[i + k]] = rows[k].copy()
+            i = j
         return gd, tables
 
     def _check_table(self, gt: np.ndarray, gt_off: int) -> None:
@@ -317,10 +334,13 @@ class SparseExtent:
             self._inflate_all(pending)
 
     def _inflate_all(self, pending: list[tuple[int, int, memoryview]]) -> None:
+        gb = self.grain_bytes
+
         def one(item: tuple[int, int, memoryview]) -> None:
             sector, skip, dest = item
-            grain = self._grain(sector)
-            dest[:] = grain[skip : skip + len(dest)]
+            # whole grains (convert, upload) skip the cache: it is for reads smaller than a grain
+            grain = self._inflate(sector) if len(dest) == gb else self._grain(sector)
+            dest[:] = memoryview(grain)[skip : skip + len(dest)]
 
         if POOL_WORKERS > 1 and len(pending) >= PARALLEL_MIN:
             for _ in _executor().map(one, pending):
@@ -347,15 +367,22 @@ class SparseExtent:
         gb = self.grain_bytes
         off = sector * SECTOR
         limit = gb + gb // 8 + COMPRESSED_SLACK
+        # One read for the marker and the data after it (at most ``limit`` bytes follow).
+        head = self.region.pread(off, GRAIN_MARKER_SIZE + limit)
+        packed: bytes | memoryview = head
         if self.markers:
-            m = GRAIN_MARKER.parse(self.region.read_exact(off, GRAIN_MARKER_SIZE, "grain marker"))
-            if m.size == 0 or m.size > limit:
+            if len(head) < GRAIN_MARKER_SIZE:
+                raise FormatError("grain marker", off, f"{self.region.name} ends inside the "
+                                                       "marker of a compressed grain")
+            size = int.from_bytes(head[8:12], "little")
+            if size == 0 or size > limit:
                 raise FormatError("grain marker.size", off + 8,
-                                  f"{m.size} bytes of compressed data for a {gb}-byte grain")
-            packed = self.region.read_exact(off + GRAIN_MARKER_SIZE, m.size, "grain marker.size",
-                                            off + 8)
-        else:
-            packed = self.region.pread(off, limit)
+                                  f"{size} bytes of compressed data for a {gb}-byte grain")
+            if GRAIN_MARKER_SIZE + size > len(head):
+                raise FormatError("grain marker.size", off + 8,
+                                  f"{size} bytes of compressed data run past the end of "
+                                  f"{self.region.name} ({self.region.length} bytes)")
+            packed = memoryview(head)[GRAIN_MARKER_SIZE : GRAIN_MARKER_SIZE + size]
         d = _INFLATE.decompressobj()
         try:
             out: bytes = d.decompress(packed, gb)
