@@ -378,7 +378,8 @@ def test_ova_lists_its_disks_and_needs_a_choice_when_several(images: dict[str, V
         assert d.kind == "ova" and f["format"] == "ova" and f["disk"] == 2
         assert [(x["disk"], x["file"], x["capacity"]) for x in f["disks"]] == [
             (1, "disk1.vmdk", SIZE), (2, "disk2.vmdk", 16 * MIB)]
-        assert f["vmdk"]["subformat"] == "streamOptimized"
+        assert (f["subformat"], f["grain_size"], f["compressed"]) == (
+            "streamOptimized", 65536, True)
     with pytest.raises(UsageError, match="--disk 3"):
         open_disk(ova, disk=3)
     code, _, err = vhdkit("inspect", str(ova), "--disk", "0")

@@ -167,10 +167,10 @@ class OvaDisk(VirtualDisk):
         self.inner.read_into(offset, buf)
 
     def facts(self) -> dict[str, Any]:
-        inner = self.inner.facts()
-        return {"format": "ova", "subformat": inner.get("subformat"),
+        # the VMDK's own facts, then which disk of the OVA it is
+        return {**self.inner.facts(), "format": "ova",
                 "disks": [d.as_dict(i) for i, d in enumerate(self.disks, 1)],
-                "disk": self.number, "vmdk": inner}
+                "disk": self.number}
 
     def close(self) -> None:
         self.inner.close()

@@ -50,8 +50,8 @@ MAX_GRAIN_SECTORS = 2048
 MAX_GTES_PER_GT = 4096
 #: bytes of adjacent grain tables read at once
 TABLE_BATCH = 4 << 20
-#: decompressed grains kept for reads smaller than a grain
-GRAIN_CACHE = 64
+#: bytes of decompressed grains kept (per extent) for reads smaller than a grain
+GRAIN_CACHE_BYTES = 4 << 20
 #: a deflated grain is never much larger than the grain itself
 COMPRESSED_SLACK = 4096
 #: Compressed grains of one read are inflated in parallel (the inflaters release the GIL), but
@@ -359,7 +359,7 @@ class SparseExtent:
         grain = self._inflate(sector)
         with self._lock:
             self._cache[sector] = grain
-            if len(self._cache) > GRAIN_CACHE:
+            if len(self._cache) > max(1, GRAIN_CACHE_BYTES // self.grain_bytes):
                 self._cache.popitem(last=False)
         return grain
 
