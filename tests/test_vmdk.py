@@ -5,10 +5,12 @@ conversion, its allocation map covers all data, and `vhdkit convert` output comp
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import struct
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from vhdkit.errors import FormatError, ParentNotFound, UnsupportedDisk, UsageErr
 from vhdkit.extents import Extent, merge, nonzero_runs, subtract
 from vhdkit.formats import open_disk
 from vhdkit.formats.region import Region
+from vhdkit.formats.tar_index import tar_members
 
 NAMES = ["sparse", "flat", "stream", "2gb-sparse", "2gb-flat", "compat6", "lsilogic",
          "stream-footer", "zeroed", "chain", "vmfs", "vmfsThin", "mixed", "ova", "ova-disk1",
@@ -464,3 +467,48 @@ def test_a_1_tib_disk_reads_its_tables_not_its_size(tmp_path: Path) -> None:
         assert d.read_at(100 << 30, MIB) == b"\x5a" * MIB
     # qemu preallocates every grain table (64 MiB of them for 1 TiB): each is read once
     assert _rchar() - before < vmdk.stat().st_size
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_index_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
+    path = tmp_path / "a.tar"
+    long = "d" * 120 + "/" + "n" * 130 + ".vmdk"  # a GNU long name, or a PAX path
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, size in (("x.ovf", 700), ("dir/y.vmdk", 5000), (long, 3)):
+            if fmt == tarfile.USTAR_FORMAT and len(name) > 100:
+                continue
+            info = tarfile.TarInfo(name)
+            info.size = size
+            info.pax_headers = {"comment": "é" * 40} if fmt == tarfile.PAX_FORMAT else {}
+            tf.addfile(info, io.BytesIO(os.urandom(size)))
+    with tarfile.open(path) as tf:
+        want = [(m.name, m.offset_data, m.size) for m in tf.getmembers()]
+    with open(path, "rb") as fh:
+        got = [(m.name, m.offset, m.size)
+               for m in tar_members(fh.fileno(), path.stat().st_size, str(path))]
+    assert got == want
+
+
+def _tar_header(name: bytes, kind: bytes, size_field: bytes) -> bytes:
+    hdr = bytearray(512)
+    hdr[0:len(name)] = name
+    hdr[124:136] = size_field
+    hdr[156:157] = kind
+    hdr[257:263] = b"ustar\0"
+    hdr[148:156] = b" " * 8
+    hdr[148:156] = f"{sum(hdr):06o}\0 ".encode()
+    return bytes(hdr)
+
+
+@pytest.mark.parametrize(("kind", "size_field", "field"), [
+    (b"L", b"00000777777\0", "tar header.size"),               # a 128 KiB long name
+    (b"0", b"\x80" + (1 << 40).to_bytes(11, "big"), "tar header.size"),  # base-256: 1 TiB
+    (b"x", b"00000000100\0", "tar PAX header"),                 # a PAX record without length
+])
+def test_tar_index_bounds_every_size(tmp_path: Path, kind: bytes, size_field: bytes,
+                                     field: str) -> None:
+    path = tmp_path / "bad.ova"
+    path.write_bytes(_tar_header(b"x.ovf", kind, size_field) + b"zz" * 64 + bytes(200 * 1024))
+    with pytest.raises(FormatError) as exc:
+        open_disk(path)
+    assert exc.value.field == field

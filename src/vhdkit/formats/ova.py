@@ -7,11 +7,9 @@ OVF lists several.
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import re
-import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -20,20 +18,11 @@ from ..errors import FormatError, UnsupportedDisk, UsageError
 from ..extents import Extent
 from .base import VirtualDisk
 from .region import Region
+from .tar_index import Member, tar_members
 from .vmdk import VmdkDisk, open_sparse_region
 
-#: tar members looked at: an OVA holds an OVF, a manifest, a certificate and its disks
-MAX_MEMBERS = 1024
 MAX_OVF = 4 << 20
 _UNITS = re.compile(r"^\s*byte\s*(?:\*\s*(\d+)\s*\^\s*(\d+))?\s*$")
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str
-    offset: int
-    size: int
-    header: int  # byte offset of its tar header (for messages)
 
 
 @dataclass(frozen=True)
@@ -59,35 +48,6 @@ def _attr(el: ET.Element, name: str) -> str | None:
         if _local(k) == name:
             return v
     return None
-
-
-def _members(fd: int, size: int, path: str) -> list[Member]:
-    out: list[Member] = []
-    where = 0  # the tar header being read, for messages
-    f = io.FileIO(os.dup(fd), "rb", closefd=True)
-    try:
-        with tarfile.open(fileobj=f, mode="r:") as tf:
-            while len(out) < MAX_MEMBERS:
-                where = tf.offset
-                info = tf.next()
-                if info is None:
-                    break
-                if not info.isreg():
-                    continue
-                if info.issparse():
-                    raise UnsupportedDisk(f"{path}: member {info.name!r} is a GNU sparse tar "
-                                          "member; extract the OVA first (tar -xf)")
-                if info.offset_data + info.size > size:
-                    raise FormatError(f"tar member {info.name!r}.size", info.offset,
-                                      f"{info.size} bytes from {info.offset_data} run past the "
-                                      f"end of the archive ({size} bytes)")
-                out.append(Member(info.name, info.offset_data, info.size, info.offset))
-    except (tarfile.TarError, EOFError, UnicodeError, ValueError) as exc:
-        raise FormatError("tar header", where, f"{path}: not a readable tar archive ({exc})"
-                          ) from exc
-    finally:
-        f.close()
-    return out
 
 
 def _clean(name: str) -> str:
@@ -186,7 +146,7 @@ def _not_ova(path: str, why: str) -> UnsupportedDisk:
 
 def list_disks(fd: int, size: int, path: str) -> tuple[list[Member], list[OvfDisk], int]:
     """The archive's members, the disks its OVF lists, and the OVF's offset in the archive."""
-    members = _members(fd, size, path)
+    members = tar_members(fd, size, path)
     ovf = next((m for m in members if m.name.lower().endswith(".ovf")), None)
     if ovf is None:
         raise _not_ova(path, "no .ovf descriptor in it")
