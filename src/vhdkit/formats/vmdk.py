@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,6 +61,8 @@ class VmdkDisk(VirtualDisk):
         self._fds = fds
         self._starts = [p.start for p in pieces]
         self._size = pieces[-1].end if pieces else 0
+        self._extents: list[Extent] | None = None
+        self._extents_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -71,6 +74,12 @@ class VmdkDisk(VirtualDisk):
     # -- allocation map ----------------------------------------------------------------------
 
     def extents(self) -> list[Extent]:
+        with self._extents_lock:  # computed once: the tables do not change while open
+            if self._extents is None:
+                self._extents = self._compute_extents()
+            return list(self._extents)
+
+    def _compute_extents(self) -> list[Extent]:
         data: list[Extent] = []
         covered: list[Extent] = []  # ranges the parent cannot show through
         for p in self.pieces:

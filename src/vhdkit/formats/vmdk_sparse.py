@@ -54,10 +54,10 @@ TABLE_BATCH = 4 << 20
 GRAIN_CACHE_BYTES = 4 << 20
 #: a deflated grain is never much larger than the grain itself
 COMPRESSED_SLACK = 4096
-#: Compressed grains of one read are inflated in parallel (the inflaters release the GIL), but
-#: one core is left to the consumer (convert's writer, upload's senders): on 2 cores the pool
-#: was slower than inflating serially (benchmarks/bench_vmdk.py).
-POOL_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
+#: Compressed grains of one read are inflated in parallel (the inflaters release the GIL): even
+#: on 2 cores, with convert's writer beside it, the pool was faster than inflating serially
+#: (benchmarks/bench_vmdk.py records both).
+POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
 PARALLEL_MIN = 4
 
 
