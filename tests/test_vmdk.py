@@ -29,7 +29,7 @@ from fixtures.vmdk_images import (
 )
 from tests.cli_helpers import vhdkit
 from vhdkit.errors import FormatError, ParentNotFound, UnsupportedDisk, UsageError
-from vhdkit.extents import Extent, merge, nonzero_runs, subtract
+from vhdkit.extents import Extent, intersect, merge, nonzero_runs, subtract
 from vhdkit.formats import open_disk
 from vhdkit.formats.region import Region
 from vhdkit.formats.tar_index import tar_members
@@ -512,3 +512,22 @@ def test_tar_index_bounds_every_size(tmp_path: Path, kind: bytes, size_field: by
     with pytest.raises(FormatError) as exc:
         open_disk(path)
     assert exc.value.field == field
+
+
+def test_one_sparse_file_named_by_many_extent_lines(images: dict[str, VmdkImage],
+                                                    tmp_path: Path) -> None:
+    shutil.copyfile(images["sparse"].path, tmp_path / "s.vmdk")
+    lines = [f'RW {SIZE // 512} SPARSE "s.vmdk"'] * 1000
+    d = tmp_path / "many.vmdk"
+    d.write_text(descriptor("twoGbMaxExtentSparse", lines))
+    ref = images["sparse"].reference.read_bytes()
+    with open_disk(d) as disk:
+        assert disk.size == 1000 * SIZE
+        assert len({id(p.sparse) for p in disk.pieces}) == 1  # type: ignore[attr-defined]
+        assert disk.read_at(0, SIZE) == ref and disk.read_at(999 * SIZE, SIZE) == ref
+        ext = disk.extents()
+        with open_disk(images["sparse"].path) as single:
+            want = single.extents()
+        assert intersect(ext, Extent(0, SIZE)) == want  # each line maps the same file
+        assert intersect(ext, Extent(999 * SIZE, SIZE)) == [
+            Extent(999 * SIZE + e.start, e.length) for e in want]

@@ -232,6 +232,8 @@ def _open_top(path: str, region: Region, ctx: ChainOpener, fds: list[int]) -> Vm
         raise FormatError("descriptor.extents", 0, "the descriptor names no extents")
     pieces: list[Piece] = []
     opened: dict[str, tuple[int, int]] = {}
+    # one reader per sparse file, however many extent lines name it (its tables are read once)
+    sparse_of: dict[str, SparseExtent] = {}
     start = 0
     for line in desc.extents:
         refuse_extent(line, path)
@@ -264,7 +266,9 @@ def _open_top(path: str, region: Region, ctx: ChainOpener, fds: list[int]) -> Vm
             if magic != SPARSE_MAGIC:
                 raise FormatError(f"extent {line.file!r}.magic", 0,
                                   f"expected b'KDMV' (a sparse extent), found {magic!r}")
-            pieces.append(Piece(start, length, "SPARSE", line.file, sparse=SparseExtent(ereg)))
+            if target not in sparse_of:
+                sparse_of[target] = SparseExtent(ereg)
+            pieces.append(Piece(start, length, "SPARSE", line.file, sparse=sparse_of[target]))
         start += length
     return VmdkDisk(path, desc, pieces, fds)
 

@@ -114,6 +114,7 @@ class SparseExtent:
         self.descriptor: Descriptor | None = self._descriptor(h)
         self.gd, self._tables = self._load_map()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._allocated: tuple[list[Extent], list[Extent]] | None = None
         self._lock = threading.Lock()
 
     # -- header ------------------------------------------------------------------------------
@@ -255,7 +256,14 @@ class SparseExtent:
         return int(self._tables[sector][ti])
 
     def allocated(self) -> tuple[list[Extent], list[Extent]]:
-        """(ranges with data, ranges of zeroed grains), extent-relative, clipped to capacity."""
+        """(ranges with data, ranges of zeroed grains), extent-relative, clipped to capacity;
+        computed once (a descriptor may name one sparse file in many extent lines)."""
+        with self._lock:
+            if self._allocated is None:
+                self._allocated = self._compute_allocated()
+            return self._allocated
+
+    def _compute_allocated(self) -> tuple[list[Extent], list[Extent]]:
         data: list[Extent] = []
         zeros: list[Extent] = []
         gb = self.grain_bytes
