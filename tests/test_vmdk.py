@@ -531,3 +531,12 @@ def test_one_sparse_file_named_by_many_extent_lines(images: dict[str, VmdkImage]
         assert intersect(ext, Extent(0, SIZE)) == want  # each line maps the same file
         assert intersect(ext, Extent(999 * SIZE, SIZE)) == [
             Extent(999 * SIZE + e.start, e.length) for e in want]
+
+
+def test_disk_n_on_a_single_disk_image_is_refused(images: dict[str, VmdkImage]) -> None:
+    with pytest.raises(UsageError, match="picks a disk of an OVA"):
+        open_disk(images["stream"].path, disk=1)
+    code, _, err = vhdkit("inspect", str(images["sparse"].path), "--disk", "2")
+    assert code == 2 and "--disk 2" in err and err.count("\n") == 1
+    with open_disk(images["ova"].path, disk=1) as d:  # an OVA of one disk takes --disk 1
+        assert d.size == SIZE

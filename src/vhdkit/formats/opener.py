@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..errors import FormatError, ParentNotFound, UnsupportedDisk
+from ..errors import FormatError, ParentNotFound, UnsupportedDisk, UsageError
 from .base import VirtualDisk, open_fd
 from .detect import BY_KEY, detect, refusal
 from .raw import RawDisk
@@ -14,6 +14,8 @@ from .vhd import open_vhd_disk
 #: Longest chain of parents (or backing files) vhdkit opens. Loops are found by file identity,
 #: not by this limit; it only bounds open files and recursion (documented in README).
 MAX_PARENT_DEPTH = 128
+#: containers that may hold several disks (``open_disk(..., disk=N)`` picks one)
+HOLD_SEVERAL = ("ova",)
 
 
 class ChainContext:
@@ -152,6 +154,9 @@ def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: i
             raise ParentNotFound(f"{path}: the chain of parents loops back to this file")
         kind = fmt or detect(fd, size, path)
         reader = READERS[kind]
+        if member is not None and kind not in HOLD_SEVERAL:
+            raise UsageError(f"{path}: --disk {member} picks a disk of an OVA; this {kind} image "
+                             "is one disk")
     except BaseException:
         os.close(fd)
         raise
