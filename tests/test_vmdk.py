@@ -6,6 +6,7 @@ conversion, its allocation map covers all data, and `vhdkit convert` output comp
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import struct
@@ -540,3 +541,12 @@ def test_disk_n_on_a_single_disk_image_is_refused(images: dict[str, VmdkImage]) 
     assert code == 2 and "--disk 2" in err and err.count("\n") == 1
     with open_disk(images["ova"].path, disk=1) as d:  # an OVA of one disk takes --disk 1
         assert d.size == SIZE
+
+
+def test_inspect_names_the_container(images: dict[str, VmdkImage]) -> None:
+    for name, args, fmt in (("stream", [], "vmdk"), ("vmfs", [], "vmdk"),
+                            ("ova-disk2", ["--disk", "2"], "ova")):
+        code, out, err = vhdkit("inspect", "--json", str(images[name].path), *args)
+        assert code == 0, err
+        doc = json.loads(out)
+        assert (doc["format"], doc["virtual_size"]) == (fmt, images[name].size)

@@ -81,7 +81,8 @@ def _dynamic_facts(disk: DynamicVhdDisk) -> dict[str, Any]:
 def describe(disk: VirtualDisk) -> dict[str, Any]:
     """Facts about an opened disk."""
     image: VhdImage | None = getattr(disk, "image", None)
-    fmt = "vhdx" if disk.kind == "vhdx" else ("vhd" if image is not None else "raw")
+    # a reader's own facts name its container (vmdk, ova, ...); VHDs are told by their image
+    fmt = "vhd" if image is not None else str(disk.facts().get("format") or disk.kind)
     size_of_file = file_size(disk.path)
     out: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
