@@ -550,3 +550,19 @@ def test_inspect_names_the_container(images: dict[str, VmdkImage]) -> None:
         assert code == 0, err
         doc = json.loads(out)
         assert (doc["format"], doc["virtual_size"]) == (fmt, images[name].size)
+
+
+def test_a_windows_parent_hint_finds_the_parent_beside_the_child(
+        images: dict[str, VmdkImage], tmp_path: Path) -> None:
+    child = _chain_copy(images, tmp_path / "c")
+    data = bytearray(child.read_bytes())
+    at, size = _get(child, 28, "<Q") * 512, _get(child, 36, "<Q") * 512
+    text = bytes(data[at: at + size]).rstrip(b"\0")
+    new = text.replace(b'parentFileNameHint="base.vmdk"',
+                       b'parentFileNameHint="C:\\VMs\\old\\base.vmdk"')
+    assert new != text
+    data[at: at + size] = new.ljust(size, b"\0")
+    child.write_bytes(bytes(data))
+    with open_disk(child) as d:
+        assert d.facts()["parent_hint"] == "C:\\VMs\\old\\base.vmdk"
+        assert d.read_at(0, SIZE) == images["chain"].reference.read_bytes()

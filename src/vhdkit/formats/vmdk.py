@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import posixpath
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -273,6 +274,28 @@ def _open_top(path: str, region: Region, ctx: ChainOpener, fds: list[int]) -> Vm
     return VmdkDisk(path, desc, pieces, fds)
 
 
+def _find_parent(child: str, hint: str, ctx: ChainOpener) -> str:
+    """The parent file a hint names: as written (relative to the child), then by its name beside
+    the child (VMware on Windows writes ``C:\\VMs\\base.vmdk``). Both stay inside the child's
+    directory tree (``ctx.resolve``)."""
+    text = hint.replace("\\", "/")
+    tried: list[str] = []
+    outside: ParentNotFound | None = None
+    for ref in dict.fromkeys([text, posixpath.basename(text)]):
+        try:
+            path = ctx.resolve(child, ref)
+        except ParentNotFound as exc:
+            outside = outside or exc
+            continue
+        if os.path.isfile(path):
+            return path
+        tried.append(path)
+    if outside is not None:
+        raise outside
+    raise ParentNotFound(f"{child}: parent disk {hint!r} not found (looked for "
+                         f"{', '.join(tried)}); give it with --parent PATH")
+
+
 def _parent(disk: VmdkDisk, parent: str | None, ctx: ChainOpener) -> VirtualDisk | None:
     d = disk.descriptor
     if not d.has_parent:
@@ -281,10 +304,7 @@ def _parent(disk: VmdkDisk, parent: str | None, ctx: ChainOpener) -> VirtualDisk
         if not d.parent_hint:
             raise ParentNotFound(f"{disk.path}: has a parent (parentCID {d.parent_cid:08x}) but "
                                  "no parentFileNameHint; give it with --parent PATH")
-        found = ctx.resolve(disk.path, d.parent_hint)
-        if not os.path.isfile(found):
-            raise ParentNotFound(f"{disk.path}: parent disk {d.parent_hint!r} not found "
-                                 f"(looked for {found}); give it with --parent PATH")
+        found = _find_parent(disk.path, d.parent_hint, ctx)
     else:
         found = parent
     par: VirtualDisk = ctx.open_parent(found)
