@@ -36,8 +36,8 @@ from vhdkit.formats.region import Region
 from vhdkit.formats.tar_index import tar_members
 
 NAMES = ["sparse", "flat", "stream", "2gb-sparse", "2gb-flat", "compat6", "lsilogic",
-         "stream-footer", "zeroed", "chain", "vmfs", "vmfsThin", "mixed", "ova", "ova-disk1",
-         "ova-disk2"]
+         "stream-footer", "zeroed", "chain", "vmfsSparse", "vmfs", "vmfsThin", "mixed", "ova",
+         "ova-disk1", "ova-disk2"]
 #: the OVA disk each image is (None: not an OVA, or one with a single disk)
 MEMBER = {"ova-disk1": 1, "ova-disk2": 2}
 CHUNK = 4 * MIB
@@ -351,21 +351,32 @@ def test_corrupt_compressed_grain(images: dict[str, VmdkImage], tmp_path: Path) 
 
 # -- refusals by name ----------------------------------------------------------------------------
 
-def test_esxi_snapshot_formats_are_refused_by_name(tmp_path: Path) -> None:
+def test_vmfs_sparse_snapshot_reads_its_cowd_grains_over_the_parent(
+        images: dict[str, VmdkImage]) -> None:
+    ref = images["vmfsSparse"].reference.read_bytes()
+    assert ref[:512] == b"\x99" * 512 and ref[7 * 512: 7 * 512 + 300] == b"\x98" * 300
+    assert ref[1024:1536] == b"\x11" * 512  # the parent shows through between grains
+    with open_disk(images["vmfsSparse"].path) as d:
+        f = d.facts()
+        assert (f["subformat"], f["grain_size"], f["allocated_bytes"]) == ("vmfsSparse", 512,
+                                                                           4 * 512)
+        assert [m.kind for m in d.chain()] == ["vmdk", "vmdk"]
+
+
+def test_esxi_snapshot_formats_not_read_are_refused_by_name(tmp_path: Path) -> None:
     cowd = tmp_path / "snap-delta.vmdk"
     cowd.write_bytes(b"COWD" + bytes(2044))
-    code, _, err = vhdkit("inspect", str(cowd))
-    assert code == 2 and "COWD" in err and err.count("\n") == 1
-    (tmp_path / "x-delta.vmdk").write_bytes(b"COWD" + bytes(2044))
+    code, _, err = vhdkit("inspect", str(cowd))  # a COWD extent on its own: its parent is unknown
+    assert code == 2 and "COWD" in err and "descriptor" in err and err.count("\n") == 1
     d = tmp_path / "snap.vmdk"
-    d.write_text(descriptor("vmfsSparse", ['RW 4 VMFSSPARSE "x-delta.vmdk"']))
-    with pytest.raises(UnsupportedDisk, match="vmfsSparse"):
-        open_disk(d)
     d.write_text(descriptor("custom", ['RW 4 SESPARSE "x-sesparse.vmdk"']))
     with pytest.raises(UnsupportedDisk, match="seSparse"):
         open_disk(d)
-    d.write_text(descriptor("custom", ['RW 4 VMFSSPARSE "x-delta.vmdk"']))
-    with pytest.raises(UnsupportedDisk, match="vmfsSparse"):
+    d.write_text(descriptor("seSparse", ['RW 4 SESPARSE "x-sesparse.vmdk"']))
+    with pytest.raises(UnsupportedDisk, match="seSparse"):
+        open_disk(d)
+    d.write_text(descriptor("vmfsRDM", ['RW 4 VMFSRDM "x-rdm.vmdk"']))
+    with pytest.raises(UnsupportedDisk, match="raw device mapping"):
         open_disk(d)
 
 

@@ -110,7 +110,8 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("qed", "QED", _magic(0, b"QED\x00"), way_out=_convert_raw("QED")),
     Signature("vmdk", "VMDK (sparse extent)", _magic(0, b"KDMV"), readable=True),
     Signature("vmdk-cowd", "VMDK (ESX COWD sparse extent)", _magic(0, b"COWD"),
-              way_out=_convert_raw("VMDK COWD")),
+              way_out="give vhdkit the descriptor (.vmdk) that names this extent: it reads "
+                      "vmfsSparse snapshots through it, with their parent"),
     Signature("vmdk-descriptor", "VMDK descriptor", _vmdk_descriptor, readable=True),
     Signature("vdi", "VirtualBox VDI", _magic(0x40, b"\x7f\x10\xda\xbe"),
               way_out="convert it first: VBoxManage clonemedium DISK disk.vhd --format VHD, "

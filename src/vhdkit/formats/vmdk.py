@@ -28,7 +28,7 @@ from .vmdk_descriptor import (
     refuse_create_type,
     refuse_extent,
 )
-from .vmdk_sparse import SparseExtent
+from .vmdk_sparse import CowdExtent, SparseExtent
 from .vmdk_structs import COWD_MAGIC, SECTOR, SPARSE_MAGIC
 
 
@@ -215,9 +215,9 @@ def open_sparse_region(region: Region, label: str) -> VmdkDisk:
 def _open_top(path: str, region: Region, ctx: ChainOpener, fds: list[int]) -> VmdkDisk:
     head = region.pread(0, 4)
     if head == COWD_MAGIC:
-        raise UnsupportedDisk(f"{path}: a COWD sparse extent (ESX vmfsSparse snapshot), which "
-                              "vhdkit does not read; convert it with vmkfstools or qemu-img "
-                              "convert -O raw first")
+        raise UnsupportedDisk(f"{path}: a COWD sparse extent (ESX vmfsSparse snapshot) on its "
+                              "own; open the descriptor (.vmdk) that names it, which says "
+                              "where its parent is")
     if head == SPARSE_MAGIC:
         sparse = SparseExtent(region)
         desc = sparse.descriptor or Descriptor()
@@ -261,15 +261,13 @@ def _open_top(path: str, region: Region, ctx: ChainOpener, fds: list[int]) -> Vm
                                 offset=line.offset * SECTOR))
         else:
             magic = ereg.pread(0, 4)
-            if magic == COWD_MAGIC:
-                raise UnsupportedDisk(f"{path}: extent {line.file!r} is a COWD sparse extent "
-                                      "(vmfsSparse), which vhdkit does not read")
-            if magic != SPARSE_MAGIC:
+            if magic not in (SPARSE_MAGIC, COWD_MAGIC):
                 raise FormatError(f"extent {line.file!r}.magic", 0,
-                                  f"expected b'KDMV' (a sparse extent), found {magic!r}")
+                                  f"expected b'KDMV' or b'COWD' (a sparse extent), found "
+                                  f"{magic!r}")
             if target not in sparse_of:
-                sparse_of[target] = SparseExtent(ereg)
-            pieces.append(Piece(start, length, "SPARSE", line.file, sparse=sparse_of[target]))
+                sparse_of[target] = (CowdExtent if magic == COWD_MAGIC else SparseExtent)(ereg)
+            pieces.append(Piece(start, length, line.type, line.file, sparse=sparse_of[target]))
         start += length
     return VmdkDisk(path, desc, pieces, fds)
 

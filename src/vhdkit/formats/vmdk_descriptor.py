@@ -24,16 +24,16 @@ _KEY = re.compile(r'^([A-Za-z][\w.]*)\s*=\s*(.*?)\s*$')
 
 #: extent types whose data lies in a plain file, from an offset on
 FLAT_TYPES = ("FLAT", "VMFS")
+#: extent types whose data lies in a sparse file: KDMV, or COWD (ESX vmfsSparse snapshots)
+SPARSE_TYPES = ("SPARSE", "VMFSSPARSE")
 #: extent types vhdkit does not read, with what they are
 REFUSED_EXTENTS = {
-    "VMFSSPARSE": "vmfsSparse (ESXi COWD snapshot)",
     "SESPARSE": "seSparse (ESXi space-efficient snapshot)",
     "VMFSRDM": "raw device mapping (vmfsRDM)",
     "VMFSRAW": "raw device mapping (vmfsRaw)",
 }
 #: create types that name a device or a snapshot format vhdkit does not read
 REFUSED_TYPES = {
-    "vmfssparse": "vmfsSparse (ESXi COWD snapshot)",
     "sesparse": "seSparse (ESXi space-efficient snapshot)",
     "vmfsraw": "raw device mapping (vmfsRaw)",
     "vmfsrdm": "raw device mapping (vmfsRDM)",
@@ -145,7 +145,7 @@ def refuse_create_type(d: Descriptor, path: str) -> None:
 
 def refuse_extent(line: ExtentLine, path: str) -> None:
     what = REFUSED_EXTENTS.get(line.type)
-    if what is None and line.type not in (*FLAT_TYPES, "ZERO", "SPARSE"):
+    if what is None and line.type not in (*FLAT_TYPES, "ZERO", *SPARSE_TYPES):
         what = f"unknown type {line.type}"
     if what is not None:
         raise UnsupportedDisk(

@@ -12,10 +12,10 @@ import os
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import cast
+from typing import ClassVar, cast
 
 import construct as cs
 import numpy as np
@@ -28,6 +28,9 @@ from .vmdk_descriptor import MAX_DESCRIPTOR, Descriptor, parse_descriptor
 from .vmdk_structs import (
     COMPRESS_DEFLATE,
     COMPRESS_NONE,
+    COWD_FIELD_OFFSETS,
+    COWD_HEADER,
+    COWD_MAGIC,
     FLAG_COMPRESSED,
     FLAG_MARKERS,
     FLAG_REDUNDANT_GT,
@@ -113,14 +116,20 @@ class SparseExtent:
         self.zeroed_grain = bool(self.flags & FLAG_ZEROED_GRAIN)
         self.descriptor: Descriptor | None = self._descriptor(h)
         self.gd, self._tables = self._load_map()
+        self._init_caches()
+
+    def _init_caches(self) -> None:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._allocated: tuple[list[Extent], list[Extent]] | None = None
         self._lock = threading.Lock()
 
     # -- header ------------------------------------------------------------------------------
 
+    #: byte offset of each header field (for messages)
+    FIELD_OFFSETS: ClassVar[Mapping[str, int]] = HEADER_FIELD_OFFSETS
+
     def _field(self, name: str) -> int:
-        return self.header_offset + HEADER_FIELD_OFFSETS[name]
+        return self.header_offset + self.FIELD_OFFSETS[name]
 
     def _footer(self) -> cs.Container:
         """The header copy at the end of a streamOptimized extent (GD_AT_END in the head)."""
@@ -194,9 +203,10 @@ class SparseExtent:
             except FormatError:
                 raise primary from None
 
-    def _read_map(self, gd_sector: int, field: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        span = self.grain_bytes * self.gtes
-        entries = -(-self.capacity // span)
+    def _read_map(self, gd_sector: int, field: str, entries: int | None = None
+                  ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        if entries is None:
+            entries = -(-self.capacity // (self.grain_bytes * self.gtes))
         gd_off = gd_sector * SECTOR
         raw = self.region.read_exact(gd_off, entries * 4, f"header.{field}", self._field(field))
         gd = np.frombuffer(raw, dtype="<u4")
@@ -403,6 +413,38 @@ class SparseExtent:
         if len(out) < gb:
             out += bytes(gb - len(out))
         return out
+
+
+class CowdExtent(SparseExtent):
+    """An ESX "COWD" sparse extent (vmfsSparse snapshots): 512-byte grains by default, 4096
+    entries per grain table, no compression, no zeroed grains, no redundant directory. Read as
+    an extent of a vmfsSparse descriptor, whose parentFileNameHint names the parent."""
+
+    FIELD_OFFSETS: ClassVar[Mapping[str, int]] = COWD_FIELD_OFFSETS
+    GTES = 4096
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.header_offset = 0
+        raw = region.read_exact(0, COWD_HEADER.sizeof(), "COWD header")
+        h = COWD_HEADER.parse(raw)
+        if h.magic != COWD_MAGIC:
+            raise FormatError("header.magic", 0, f"expected b'COWD', found {h.magic!r}")
+        g = h.grain_size
+        if g < 1 or g > MAX_GRAIN_SECTORS or g & (g - 1):
+            raise FormatError("header.grain_size", self._field("grain_size"),
+                              f"{g} sectors; a grain is a power of two up to "
+                              f"{MAX_GRAIN_SECTORS} sectors")
+        self.header = h
+        self.version = int(h.version)
+        self.flags = int(h.flags)
+        self.grain_bytes = g * SECTOR
+        self.gtes = self.GTES
+        self.capacity = int(h.capacity) * SECTOR
+        self.compressed = self.markers = self.zeroed_grain = False
+        self.descriptor = None
+        self.gd, self._tables = self._read_map(int(h.gd_offset), "gd_offset", int(h.gd_entries))
+        self._init_caches()
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

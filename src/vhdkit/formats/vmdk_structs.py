@@ -62,6 +62,21 @@ HEADER_FIELD_OFFSETS = {
     "gd_offset": 56, "overhead": 64, "compress_algorithm": 77,
 }
 
+#: the head of an ESX "COWD" sparse extent (the rest of its 2 KiB header is names and geometry)
+COWD_HEADER = cs.Struct(
+    "magic" / cs.Bytes(4),
+    "version" / cs.Int32ul,
+    "flags" / cs.Int32ul,
+    "capacity" / cs.Int32ul,
+    "grain_size" / cs.Int32ul,
+    "gd_offset" / cs.Int32ul,
+    "gd_entries" / cs.Int32ul,
+    "free_sector" / cs.Int32ul,
+)
+
+COWD_FIELD_OFFSETS = {"version": 4, "flags": 8, "capacity": 12, "grain_size": 16,
+                      "gd_offset": 20, "gd_entries": 24}
+
 GRAIN_MARKER = cs.Struct("lba" / cs.Int64ul, "size" / cs.Int32ul)
 #: a metadata marker (size 0) of a streamOptimized extent: GT, GD, footer, end of stream
 META_MARKER = cs.Struct("sectors" / cs.Int64ul, "size" / cs.Int32ul, "type" / cs.Int32ul)
