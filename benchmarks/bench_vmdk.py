@@ -133,7 +133,7 @@ def render(r: dict[str, float | str], runs: int) -> str:
         f"Reading every extent in-process (8 MiB requests, as convert does): grains inflated "
         f"serially {f['serial_s']:.2f} s, by a thread pool of {POOL} workers "
         f"{f['pooled_s']:.2f} s (serial ÷ pool = {f['serial_s'] / f['pooled_s']:.2f}×). vhdkit "
-        f"inflates on min(4, cores) threads (here {vmdk_sparse.POOL_WORKERS}).",
+        f"inflates on min(4, cores − 1) threads (here {vmdk_sparse.POOL_WORKERS}).",
     ])
 
 

@@ -57,10 +57,10 @@ TABLE_BATCH = 4 << 20
 GRAIN_CACHE_BYTES = 4 << 20
 #: a deflated grain is never much larger than the grain itself
 COMPRESSED_SLACK = 4096
-#: Compressed grains of one read are inflated in parallel (the inflaters release the GIL): even
-#: on 2 cores, with convert's writer beside it, the pool was faster than inflating serially
-#: (benchmarks/bench_vmdk.py records both).
-POOL_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: Compressed grains of one read are inflated in parallel (the inflaters release the GIL), on
+#: all cores but one, which convert's writer (or upload's senders) needs: on 2 quiet cores a
+#: 2-thread pool made convert 1.2x slower than inflating serially (benchmarks/bench_vmdk.py).
+POOL_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
 PARALLEL_MIN = 4
 
 
