@@ -577,3 +577,13 @@ def test_a_windows_parent_hint_finds_the_parent_beside_the_child(
     with open_disk(child) as d:
         assert d.facts()["parent_hint"] == "C:\\VMs\\old\\base.vmdk"
         assert d.read_at(0, SIZE) == images["chain"].reference.read_bytes()
+
+
+def test_pooled_inflating_reads_the_same_bytes(images: dict[str, VmdkImage],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from vhdkit.formats import vmdk_sparse
+
+    monkeypatch.setattr(vmdk_sparse, "POOL_WORKERS", 3)  # the path machines with 4+ cores take
+    img = images["stream-footer"]
+    with open_disk(img.path) as d:
+        assert d.read_at(0, d.size) == img.reference.read_bytes()
