@@ -22,7 +22,8 @@ from .tar_index import Member, tar_members
 from .vmdk import VmdkDisk, open_sparse_region
 
 MAX_OVF = 4 << 20
-_UNITS = re.compile(r"^\s*byte\s*(?:\*\s*(\d+)\s*\^\s*(\d+))?\s*$")
+#: ovf:capacityAllocationUnits, e.g. "byte * 2^30" (small numbers only: no huge powers)
+_UNITS = re.compile(r"^\s*byte\s*(?:\*\s*(\d{1,4})\s*\^\s*(\d{1,2}))?\s*$")
 
 
 @dataclass(frozen=True)
