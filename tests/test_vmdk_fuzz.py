@@ -5,9 +5,11 @@ CLI sample exits 0 or 2 with one line."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import resource
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from vhdkit.formats import open_disk
 
 KIB = 1024
 WORK = Path(tempfile.mkdtemp(prefix="vhdkit-vmdk-fuzz-"))
+atexit.register(shutil.rmtree, WORK, True)
 #: interesting values for 64-, 32- and 16-bit fields
 EDGES = [0, 1, 2, 3, 0x7F, 0x80, 0xFF, 0x100, 0x1FF, 0x200, 0xFFFF, 1 << 31, (1 << 32) - 1,
          1 << 32, 1 << 40, 1 << 55, 1 << 63, (1 << 64) - 1]
