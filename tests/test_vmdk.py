@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from azure.storage.blob import ContainerClient
 
 from fixtures import qemu
 from fixtures.vmdk_images import (
@@ -587,3 +588,20 @@ def test_pooled_inflating_reads_the_same_bytes(images: dict[str, VmdkImage],
     img = images["stream-footer"]
     with open_disk(img.path) as d:
         assert d.read_at(0, d.size) == img.reference.read_bytes()
+
+
+@pytest.mark.parametrize(("name", "member"), [("stream-footer", None), ("chain", None),
+                                              ("ova-disk2", 2)])
+def test_upload_streams_the_vmdk_as_a_fixed_vhd(images: dict[str, VmdkImage], name: str,
+                                                member: int | None, azurite_url: str,
+                                                container: ContainerClient) -> None:
+    img = images[name]
+    code, _, err = vhdkit("upload", str(img.path), "--emulator", azurite_url, "--container",
+                          container.container_name, "--blob", "d.vhd", "-q", "--skip-preflight",
+                          *(["--disk", str(member)] if member else []))
+    assert code == 0, err
+    got = container.get_blob_client("d.vhd").download_blob().readall()
+    size = -(-img.size // MIB) * MIB
+    assert len(got) == size + 512 and got[size: size + 8] == b"conectix"
+    assert got[: img.size] == img.reference.read_bytes()
+    assert not any(got[img.size: size])
