@@ -605,3 +605,15 @@ def test_upload_streams_the_vmdk_as_a_fixed_vhd(images: dict[str, VmdkImage], na
     assert len(got) == size + 512 and got[size: size + 8] == b"conectix"
     assert got[: img.size] == img.reference.read_bytes()
     assert not any(got[img.size: size])
+
+
+def test_convert_refuses_to_write_over_an_extent_of_its_source(images: dict[str, VmdkImage],
+                                                               tmp_path: Path) -> None:
+    for name in ("flat", "2gb-sparse"):
+        src = images[name].path
+        with open_disk(src) as d:
+            extent = d.extent_files[0]  # type: ignore[attr-defined]
+        before = os.stat(extent).st_mtime_ns
+        code, _, err = vhdkit("convert", str(src), extent, "--force")
+        assert code == 2 and "holds data of the source disk" in err, err
+        assert os.stat(extent).st_mtime_ns == before

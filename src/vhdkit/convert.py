@@ -121,6 +121,11 @@ def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
                 raise ConvertError(f"{dst} is the source disk itself; choose another destination")
             raise ConvertError(f"{dst} is the parent disk {member.path} of {disk.path}; "
                                "writing it would destroy the source")
+        # the files a descriptor names (VMDK extents) are the source's data too
+        for part in getattr(member, "extent_files", ()):
+            if _same_file(part, dst):
+                raise ConvertError(f"{dst} holds data of the source disk {member.path} (an "
+                                   "extent); writing it would destroy the source")
     if os.path.lexists(dst):
         if os.path.isdir(dst):
             raise ConvertError(f"{dst} is a directory; give the path of the VHD file to write")

@@ -69,6 +69,14 @@ class VmdkDisk(VirtualDisk):
     def size(self) -> int:
         return self._size
 
+    @property
+    def extent_files(self) -> tuple[str, ...]:
+        """The files this disk's extents are read from, beside ``path``."""
+        regions = [p.region if p.region is not None else
+                   p.sparse.region if p.sparse is not None else None for p in self.pieces]
+        return tuple(dict.fromkeys(r.name for r in regions
+                                   if r is not None and r.name != self.path))
+
     def chain(self) -> list[VirtualDisk]:
         return [self, *(self.parent.chain() if self.parent is not None else [])]
 
