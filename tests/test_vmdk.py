@@ -32,7 +32,7 @@ from fixtures.vmdk_images import (
 from tests.cli_helpers import vhdkit
 from vhdkit.errors import FormatError, ParentNotFound, UnsupportedDisk, UsageError
 from vhdkit.extents import Extent, intersect, merge, nonzero_runs, subtract
-from vhdkit.formats import open_disk
+from vhdkit.formats import open_disk, vmdk_sparse
 from vhdkit.formats.region import Region
 from vhdkit.formats.tar_index import tar_members
 
@@ -582,8 +582,6 @@ def test_a_windows_parent_hint_finds_the_parent_beside_the_child(
 
 def test_pooled_inflating_reads_the_same_bytes(images: dict[str, VmdkImage],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from vhdkit.formats import vmdk_sparse
-
     monkeypatch.setattr(vmdk_sparse, "POOL_WORKERS", 3)  # the path machines with 4+ cores take
     img = images["stream-footer"]
     with open_disk(img.path) as d:
@@ -617,3 +615,27 @@ def test_convert_refuses_to_write_over_an_extent_of_its_source(images: dict[str,
         code, _, err = vhdkit("convert", str(src), extent, "--force")
         assert code == 2 and "holds data of the source disk" in err, err
         assert os.stat(extent).st_mtime_ns == before
+
+
+def test_alternating_grains_make_a_bounded_allocation_map(tmp_path: Path) -> None:
+    # 2,048 grain tables whose even entries all point at one grain: 524,288 one-grain runs
+    p = qemu.create(tmp_path / "alt.vmdk", "vmdk", "64G")
+    qemu.write(p, "vmdk", [(0, 64 * 1024, 0x5A)])
+    gd = _get(p, 56, "<Q") * 512
+    with open(p, "r+b") as fh:
+        fh.seek(gd)
+        tables = np.frombuffer(fh.read(2048 * 4), dtype="<u4")
+        fh.seek(int(tables[0]) * 512)
+        grain = int(np.frombuffer(fh.read(4), dtype="<u4")[0])
+        pattern = np.zeros(512, dtype="<u4")
+        pattern[0::2] = grain
+        for t in tables.tolist():
+            fh.seek(t * 512)
+            fh.write(pattern.tobytes())
+    with open_disk(p) as d:
+        ext = d.extents()
+        assert 0 < len(ext) <= vmdk_sparse.MAX_EXTENTS
+        grains = [k * 2 * 64 * 1024 for k in (0, 1, 77_777, 262_143)]
+        assert subtract([Extent(g, 64 * 1024) for g in grains], ext) == []
+        assert all(d.read_at(g, 64 * 1024) == b"\x5a" * 65536 for g in grains)
+        assert d.read_at(64 * 1024, 4096) == bytes(4096)  # odd grains are unallocated

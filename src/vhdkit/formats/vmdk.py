@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import Extent, merge, subtract
 from .base import VirtualDisk, open_fd, zero_fill
@@ -28,7 +30,7 @@ from .vmdk_descriptor import (
     refuse_create_type,
     refuse_extent,
 )
-from .vmdk_sparse import CowdExtent, SparseExtent
+from .vmdk_sparse import MAX_EXTENTS, CowdExtent, SparseExtent, coarsen
 from .vmdk_structs import COWD_MAGIC, SECTOR, SPARSE_MAGIC
 
 
@@ -105,8 +107,12 @@ class VmdkDisk(VirtualDisk):
         if self.parent is not None:
             data += subtract(self.parent.extents(), covered)
         size = self._size
-        return [Extent(e.start, min(e.end, size) - e.start) for e in merge(data)
-                if e.start < size]
+        out = [Extent(e.start, min(e.end, size) - e.start) for e in merge(data) if e.start < size]
+        if len(out) > MAX_EXTENTS:  # many extents (or a parent) each near the bound
+            s, e = coarsen(np.array([x.start for x in out], dtype=np.int64),
+                           np.array([x.end for x in out], dtype=np.int64))
+            out = [Extent(a, b - a) for a, b in zip(s.tolist(), e.tolist(), strict=True)]
+        return out
 
     def allocated_bytes(self) -> int:
         return sum(p.sparse.allocated_bytes() if p.sparse is not None else p.length

@@ -21,7 +21,7 @@ import construct as cs
 import numpy as np
 
 from ..errors import FormatError, UnsupportedDisk
-from ..extents import Extent, merge
+from ..extents import Extent
 from .base import zero_fill
 from .region import Region
 from .vmdk_descriptor import MAX_DESCRIPTOR, Descriptor, parse_descriptor
@@ -51,6 +51,8 @@ from .vmdk_structs import (
 #: make one grain's decompression buffer that large
 MAX_GRAIN_SECTORS = 2048
 MAX_GTES_PER_GT = 4096
+#: extents() returns at most this many ranges per extent (see coarsen)
+MAX_EXTENTS = 1 << 18
 #: bytes of adjacent grain tables read at once
 TABLE_BATCH = 4 << 20
 #: bytes of decompressed grains kept (per extent) for reads smaller than a grain
@@ -274,23 +276,25 @@ class SparseExtent:
             return self._allocated
 
     def _compute_allocated(self) -> tuple[list[Extent], list[Extent]]:
-        data: list[Extent] = []
-        zeros: list[Extent] = []
         gb = self.grain_bytes
         span = gb * self.gtes
-        runs: dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+        # runs of each distinct table, in grain indexes: (data starts, ends, zero starts, ends)
+        runs: dict[int, tuple[Ints, Ints, Ints, Ints]] = {}
+        data, zeros = _Ranges(), _Ranges()
         for gi in np.flatnonzero(self.gd).tolist():
             sector = int(self.gd[gi])
             if sector not in runs:
                 gt = self._tables[sector]
                 zmask = (gt == GTE_ZEROED) if self.zeroed_grain else np.zeros(len(gt), bool)
-                runs[sector] = (_runs((gt > 0) & ~zmask), _runs(zmask))
-            d, z = runs[sector]
+                runs[sector] = (*_runs((gt > 0) & ~zmask), *_runs(zmask))
+            ds, de, zs, ze = runs[sector]
             base = gi * span
-            data.extend(Extent(base + s * gb, (e - s) * gb) for s, e in d)
-            zeros.extend(Extent(base + s * gb, (e - s) * gb) for s, e in z)
+            data.add(ds * gb + base, de * gb + base)
+            zeros.add(zs * gb + base, ze * gb + base)
         cap = self.capacity
-        return _clip(data, cap), _clip(zeros, cap)
+        # Too many data ranges are joined (over-covering is safe: absent grains read as zeros);
+        # too many zeroed ranges are dropped (the parent's extents then over-cover, also safe).
+        return data.extents(cap), (zeros.extents(cap) if zeros.count <= MAX_EXTENTS else [])
 
     def allocated_bytes(self) -> int:
         n = 0
@@ -447,14 +451,60 @@ class CowdExtent(SparseExtent):
         self._init_caches()
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """(first, end) index pairs of the True runs of ``mask``."""
-    if not mask.any():
-        return []
-    edges = np.flatnonzero(np.diff(mask.view(np.int8), prepend=0, append=0))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+Ints = np.ndarray
 
 
-def _clip(extents: list[Extent], limit: int) -> list[Extent]:
-    return [Extent(e.start, min(e.end, limit) - e.start) for e in merge(extents)
-            if e.start < limit]
+def _runs(mask: np.ndarray) -> tuple[Ints, Ints]:
+    """(first, end) indexes of the True runs of ``mask``."""
+    edges = np.flatnonzero(np.diff(mask.view(np.int8), prepend=0, append=0)).astype(np.int64)
+    return edges[0::2], edges[1::2]
+
+
+class _Ranges:
+    """Byte ranges gathered as numpy arrays, kept under ``MAX_EXTENTS`` by coarsening."""
+
+    def __init__(self) -> None:
+        self.starts: list[Ints] = []
+        self.ends: list[Ints] = []
+        self.count = 0
+
+    def add(self, starts: Ints, ends: Ints) -> None:
+        if len(starts):
+            self.starts.append(starts)
+            self.ends.append(ends)
+            self.count += len(starts)
+            if self.count > 2 * MAX_EXTENTS:
+                self._squeeze()
+
+    def _squeeze(self) -> None:
+        s, e = coarsen(np.concatenate(self.starts), np.concatenate(self.ends))
+        self.starts, self.ends, self.count = [s], [e], len(s)
+
+    def extents(self, limit: int) -> list[Extent]:
+        if not self.starts:
+            return []
+        self._squeeze()
+        s, e = self.starts[0], np.minimum(self.ends[0], limit)
+        keep = s < e
+        return [Extent(a, b - a) for a, b in zip(s[keep].tolist(), e[keep].tolist(), strict=True)]
+
+
+def coarsen(starts: Ints, ends: Ints, limit: int = MAX_EXTENTS) -> tuple[Ints, Ints]:
+    """Sorted, joined ranges, at most ``limit`` of them: grain tables alternating allocated and
+    unallocated grains (or pointing many entries at one grain) would otherwise make millions of
+    ranges, and as many Python objects. The gaps joined are the smallest that suffice; the
+    result may over-cover, never under-cover."""
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], np.maximum.accumulate(ends[order])
+    gap = 0
+    while True:
+        new = np.ones(len(s), dtype=bool)
+        new[1:] = s[1:] > e[:-1] + gap  # True: starts a range of its own
+        first = np.flatnonzero(new)
+        last = np.append(first[1:], len(s)) - 1
+        s, e = s[first], e[last]
+        if len(s) <= limit:
+            return s, e
+        gap = max(SECTOR, gap * 4)
+
+
