@@ -617,25 +617,34 @@ def test_convert_refuses_to_write_over_an_extent_of_its_source(images: dict[str,
         assert os.stat(extent).st_mtime_ns == before
 
 
-def test_alternating_grains_make_a_bounded_allocation_map(tmp_path: Path) -> None:
-    # 2,048 grain tables whose even entries all point at one grain: 524,288 one-grain runs
+def test_grain_tables_sharing_grains_are_refused(tmp_path: Path) -> None:
+    # 2,048 grain tables whose even entries all point at one grain: 32 GiB of reads from 8 MiB
     p = qemu.create(tmp_path / "alt.vmdk", "vmdk", "64G")
     qemu.write(p, "vmdk", [(0, 64 * 1024, 0x5A)])
-    gd = _get(p, 56, "<Q") * 512
-    with open(p, "r+b") as fh:
-        fh.seek(gd)
-        tables = np.frombuffer(fh.read(2048 * 4), dtype="<u4")
-        fh.seek(int(tables[0]) * 512)
-        grain = int(np.frombuffer(fh.read(4), dtype="<u4")[0])
-        pattern = np.zeros(512, dtype="<u4")
-        pattern[0::2] = grain
-        for t in tables.tolist():
-            fh.seek(t * 512)
-            fh.write(pattern.tobytes())
-    with open_disk(p) as d:
-        ext = d.extents()
-        assert 0 < len(ext) <= vmdk_sparse.MAX_EXTENTS
-        grains = [k * 2 * 64 * 1024 for k in (0, 1, 77_777, 262_143)]
-        assert subtract([Extent(g, 64 * 1024) for g in grains], ext) == []
-        assert all(d.read_at(g, 64 * 1024) == b"\x5a" * 65536 for g in grains)
-        assert d.read_at(64 * 1024, 4096) == bytes(4096)  # odd grains are unallocated
+    for field in (56, 48):  # the primary directory and the redundant one
+        gd = _get(p, field, "<Q") * 512
+        with open(p, "r+b") as fh:
+            fh.seek(gd)
+            tables = np.frombuffer(fh.read(2048 * 4), dtype="<u4")
+            fh.seek(int(tables[0]) * 512)
+            grain = int(np.frombuffer(fh.read(4), dtype="<u4")[0])
+            pattern = np.zeros(512, dtype="<u4")
+            pattern[0::2] = grain
+            for t in tables.tolist():
+                fh.seek(t * 512)
+                fh.write(pattern.tobytes())
+    with pytest.raises(FormatError) as exc:
+        open_disk(p)
+    assert exc.value.field == "header.gd_offset" and "shared" in exc.value.problem
+
+
+def test_coarsen_bounds_alternating_ranges_without_under_covering() -> None:
+    starts = np.arange(0, 600_000, dtype=np.int64) * 2 * 65536
+    ends = starts + 65536
+    s, e = vmdk_sparse.coarsen(starts[::-1].copy(), ends[::-1].copy(), limit=1000)
+    assert len(s) <= 1000 and np.all(s[1:] > e[:-1])
+    covered = [Extent(a, b - a) for a, b in zip(s.tolist(), e.tolist(), strict=True)]
+    want = [Extent(a, 65536) for a in starts[::997].tolist()]
+    assert subtract(want, covered) == []
+    s2, _ = vmdk_sparse.coarsen(starts[:5000], ends[:5000])  # under the bound: left as they are
+    assert len(s2) == 5000

@@ -243,10 +243,29 @@ class SparseExtent:
                 self._check_table(rows[k], first + k * gt_bytes)
                 tables[sectors[i + k]] = rows[k].copy()
             i = j
+        self._check_sharing(gd, used, tables, field)
         return gd, tables
 
+    def _check_sharing(self, gd: np.ndarray, used: np.ndarray, tables: dict[int, np.ndarray],
+                       field: str) -> None:
+        """Every allocated grain has bytes of its own in the file (a sector at least, when
+        compressed): tables that name more grains than the file holds share grains, which would
+        make reading grow without the file growing."""
+        each = SECTOR if self.compressed else self.grain_bytes
+        sectors, times = np.unique(gd[used], return_counts=True)
+        named = sum(int(np.count_nonzero(self._data_mask(tables[s]))) * m
+                    for s, m in zip(sectors.tolist(), times.tolist(), strict=True))
+        if named * each > self.region.length:
+            raise FormatError(f"header.{field}", self._field(field),
+                              f"the grain tables name {named} allocated grains, but "
+                              f"{self.region.name} ({self.region.length} bytes) holds at most "
+                              f"{self.region.length // each}: grains are shared")
+
+    def _data_mask(self, gt: np.ndarray) -> np.ndarray:
+        return gt > GTE_ZEROED if self.zeroed_grain else gt > 0
+
     def _check_table(self, gt: np.ndarray, gt_off: int) -> None:
-        data = gt > GTE_ZEROED if self.zeroed_grain else gt > 0
+        data = self._data_mask(gt)
         # A plain grain must lie wholly in the file; a compressed one needs at least its marker
         # (its length is checked when it is read).
         need = GRAIN_MARKER_SIZE if self.compressed else self.grain_bytes
