@@ -648,3 +648,13 @@ def test_coarsen_bounds_alternating_ranges_without_under_covering() -> None:
     assert subtract(want, covered) == []
     s2, _ = vmdk_sparse.coarsen(starts[:5000], ends[:5000])  # under the bound: left as they are
     assert len(s2) == 5000
+
+
+def test_convert_refuses_to_write_over_the_parent_of_its_source(
+        images: dict[str, VmdkImage], tmp_path: Path) -> None:
+    child = _chain_copy(images, tmp_path / "c")
+    base = child.with_name("base.vmdk")
+    before = base.read_bytes()
+    code, _, err = vhdkit("convert", str(child), str(base), "--force")
+    assert code == 2 and "parent disk" in err, err
+    assert base.read_bytes() == before

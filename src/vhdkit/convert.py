@@ -123,7 +123,7 @@ def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
                                "writing it would destroy the source")
         # the files a descriptor names (VMDK extents) are the source's data too
         for part in getattr(member, "extent_files", ()):
-            if _same_file(part, dst):
+            if same_file(part, dst):
                 raise ConvertError(f"{dst} holds data of the source disk {member.path} (an "
                                    "extent); writing it would destroy the source")
     if os.path.lexists(dst):
