@@ -154,9 +154,9 @@ def main() -> None:
     print(render(row, args.runs))
     ratio = float(row["ratio"])
     save_goals(args.goals, [
-        Goal("Formats", "2 GiB streamOptimized VMDK: vhdkit convert ÷ (qemu-img convert + fsync)",
+        Goal("VMDK", "2 GiB streamOptimized VMDK: vhdkit convert ÷ (qemu-img convert + fsync)",
              "≤ 1.0×", f"{ratio:.2f}×", ratio <= 1.0),
-        Goal("Formats", "2 GiB streamOptimized VMDK: output equals the source (qemu-img "
+        Goal("VMDK", "2 GiB streamOptimized VMDK: output equals the source (qemu-img "
              "compare)", "same data", str(row["same"]), row["same"] == "yes")])
 
 
