@@ -38,7 +38,8 @@ ISSUES = (("Foundation", "Foundation (issue 2): zero scan, metadata reads, exten
           ("Performance", "Performance (issue 16): start-up, convert at equal durability, a "
                           "cost model that does not wobble"),
           ("Hardening", "Hardening (issue 11): tiny-block images, every command"),
-          ("qcow2", "qcow2 read natively (issue 10): vhdkit vs qemu-img, one Azurite"))
+          ("qcow2", "qcow2 read natively (issue 10): vhdkit vs qemu-img, one Azurite"),
+          ("VMDK", "VMDK and OVA read natively (issue 10): streamOptimized convert vs qemu-img"))
 PART_TIMEOUT = 15 * 60
 
 
@@ -105,6 +106,9 @@ def parts(work: Path) -> list[Part]:
         Part("qcow2", "qcow2", [*py, "benchmarks.bench_qcow2", "--runs", "5",
                                 "--workdir", str(work / "qcow2")], azurite=True,
              quick_args=["--upload-runs", "1"]),
+        Part("convert: streamOptimized VMDK", "VMDK",
+             [*py, "benchmarks.bench_vmdk", "--runs", "5", "--workdir", str(work / "vmdk")],
+             quick_args=["--runs", "1"]),
     ]
 
 

@@ -20,7 +20,7 @@ import vhdkit
 import vhdkit.cli
 from armdouble import ArmDouble
 from azurite_plugin import DEV_ACCOUNT, DEV_KEY
-from fixtures import linux_disks, qemu
+from fixtures import linux_disks, qemu, vmdk_images
 from mddouble import ManagedDiskDouble, revoke_problems
 from vhdkit.upload.types import CONNECT_TO_ENV
 
@@ -88,6 +88,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
         raw = linux_disks.build(name, work)
         qemu.convert(raw, "raw", work / disk, "vpc")  # qemu's default: CHS-rounded, dynamic
         raw.unlink()
+    # The OVA example: two streamOptimized disks (VMware's export layout) made by qemu-img.
+    stream = qemu.convert(work / "disk.vhd", "vpc", work / "disk1.vmdk", "vmdk",
+                          "subformat=streamOptimized")
+    size = qemu.virtual_size(stream, "vmdk")
+    vmdk_images.make_ova(work / "appliance.ova", [
+        ("appliance.ovf", vmdk_images.ovf([("disk1.vmdk", size), ("disk2.vmdk", size)]).encode()),
+        ("disk1.vmdk", stream), ("disk2.vmdk", stream)])
+    stream.unlink()
     service = BlobServiceClient(azurite_url, credential={"account_name": DEV_ACCOUNT,
                                                          "account_key": DEV_KEY})
     service.create_container("images")

@@ -76,8 +76,9 @@ def converted_name(path: str) -> str:
 class _Judge:
     """Collects findings; rules not reported as failed are recorded as passed at the end."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, member: int | None = None) -> None:
         self.path = path
+        self.member = member
         self.report = Report(subject=path)
         self.failed: set[str] = set()
         self.skipped: set[str] = set()
@@ -111,11 +112,12 @@ class _Judge:
 
     @property
     def convert_fix(self) -> str:
-        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}"
+        pick = f" --disk {self.member}" if self.member is not None else ""
+        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}{pick}"
 
 
 def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
-               parent: str | None = None) -> Report:
+               parent: str | None = None, member: int | None = None) -> Report:
     """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
     path = os.fspath(path)
     fmt = detect_format_lenient(path)
@@ -124,13 +126,13 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         # Too small to hold any disk: unreadable (exit 2), not a list of findings.
         problem = "empty file (0 bytes)" if size == 0 else f"truncated: only {size} bytes"
         raise FormatError("file", 0, problem)
-    j = _Judge(path)
+    j = _Judge(path, member)
     rules = list(RULES)
     if os_disk:
         rules.append("azure.os-disk-size")
     disk: VirtualDisk | None = None
     try:
-        disk = open_disk(path, parent, strict=False)
+        disk = open_disk(path, parent, strict=False, disk=member)
     except ParentNotFound as exc:
         j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
         disk = _child_alone(j, path)

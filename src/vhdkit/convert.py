@@ -121,6 +121,11 @@ def _refuse_destination(disk: VirtualDisk, dst: str, force: bool) -> None:
                 raise ConvertError(f"{dst} is the source disk itself; choose another destination")
             raise ConvertError(f"{dst} is the parent disk {member.path} of {disk.path}; "
                                "writing it would destroy the source")
+        # the files a descriptor names (VMDK extents) are the source's data too
+        for part in getattr(member, "extent_files", ()):
+            if same_file(part, dst):
+                raise ConvertError(f"{dst} holds data of the source disk {member.path} (an "
+                                   "extent); writing it would destroy the source")
     if os.path.lexists(dst):
         if os.path.isdir(dst):
             raise ConvertError(f"{dst} is a directory; give the path of the VHD file to write")
@@ -138,10 +143,10 @@ def _check_space(directory: str, needed: int) -> None:
 
 
 def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | None,
-                 ) -> tuple[VirtualDisk, bool]:
+                 member: int | None = None) -> tuple[VirtualDisk, bool]:
     if isinstance(src, VirtualDisk):
         return src, False
-    return open_disk(src, parent), True
+    return open_disk(src, parent, disk=member), True
 
 
 def convert_disk(
@@ -154,17 +159,19 @@ def convert_disk(
     parent: str | None = None,
     progress: Progress | None = None,
     chunk: int = CHUNK,
+    member: int | None = None,
 ) -> ConvertResult:
     """Write ``src`` (a path or an open VirtualDisk) to ``dst`` as an Azure-ready fixed VHD.
 
     ``size`` (a whole number of MiB, at least the disk's size) defaults to the disk's size
     rounded up to a whole MiB. With ``verify`` the written file is re-read as a disk and its data
     digest compared with the source's before it is renamed into place, and the readiness rules
-    of ``check`` are run on the result (``result.report``).
+    of ``check`` are run on the result (``result.report``). ``member`` picks a disk of an OVA
+    holding several (1 is the first).
     """
     started = time.monotonic()
     dst = os.fspath(dst)
-    disk, owned = _open_source(src, parent)
+    disk, owned = _open_source(src, parent, member)
     try:
         view = AzureView.of(disk, size)
         _refuse_destination(disk, dst, force)

@@ -84,7 +84,8 @@ def _dynamic_facts(disk: DynamicVhdDisk, parent_error: str | None = None) -> dic
 def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, Any]:
     """Facts about an opened disk (``parent_error``: why a differencing disk has no parent)."""
     image: VhdImage | None = getattr(disk, "image", None)
-    fmt = "vhdx" if disk.kind == "vhdx" else ("vhd" if image is not None else "raw")
+    # a reader's own facts name its container (vmdk, ova, ...); VHDs are told by their image
+    fmt = "vhd" if image is not None else str(disk.facts().get("format") or disk.kind)
     size_of_file = file_size(disk.path)
     out: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -109,14 +110,16 @@ def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, An
     return out
 
 
-def inspect_path(path: str, parent: str | None = None) -> dict[str, Any]:
-    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it.
+def inspect_path(path: str, parent: str | None = None, *, member: int | None = None
+                 ) -> dict[str, Any]:
+    """Open ``path`` (strictly: a malformed image raises FormatError) and describe it;
+    ``member`` picks a disk of an OVA holding several.
 
     A differencing VHD whose parent is missing is still described from its own metadata
     (footer, header, locators), with the reason in ``dynamic.parent.error``.
     """
     try:
-        disk = open_disk(path, parent)
+        disk = open_disk(path, parent, disk=member)
     except ParentNotFound as exc:
         alone = open_child_alone(path) if parent is None else None
         if alone is None:

@@ -39,6 +39,12 @@ def run(fn: Callable[[], T]) -> T:
         sys.exit(130)
 
 
+#: ``--disk N``: which disk of an OVA that holds several (the numbers ``inspect`` lists)
+disk_option = click.option(
+    "--disk", "member", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Which disk of an OVA holding several: 1 is the first (inspect lists them).")
+
+
 def emit(text: str) -> None:
     click.echo(redact(text))
 

@@ -139,8 +139,9 @@ def to_json(doc: dict[str, Any]) -> str:
 def run_managed(disk: str, parent: str | None, managed: ManagedCli, opts: Any, *,
                 expect: str, skip_preflight: bool, quiet: bool,
                 gate: Callable[[Any, bool, str], Any],
-                progress: Callable[[int], Any]) -> dict[str, Any]:
-    """Gate, then create/grant/upload/revoke; returns the JSON document of the result."""
+                progress: Callable[[int], Any], member: int | None = None) -> dict[str, Any]:
+    """Gate, then create/grant/upload/revoke; returns the JSON document of the result.
+    ``member`` picks a disk of an OVA holding several."""
     from dataclasses import replace
 
     from ..azure_mgmt import Compute, default_credential
@@ -151,7 +152,7 @@ def run_managed(disk: str, parent: str | None, managed: ManagedCli, opts: Any, *
     from ..upload.types import Target
     from ..upload.uploader import upload_view
 
-    with open_disk(disk, parent) as vdisk:
+    with open_disk(disk, parent, disk=member) as vdisk:
         view = AzureView.of(vdisk)
         report = gate(view, skip_preflight, expect)  # exits 1 before anything is created
         api = Compute(default_credential(), managed.subscription, endpoint=managed.arm_endpoint)

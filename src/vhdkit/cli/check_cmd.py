@@ -11,7 +11,7 @@ from ..errors import VhdkitError
 from ..expectations import EXPECTATIONS
 from ..report import Finding, Report, render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_path, run, write_text
 
 
 @main.command()
@@ -26,16 +26,17 @@ from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, wri
 @click.option("--expect", type=click.Choice(EXPECTATIONS), default="generalized",
               show_default=True, help="With --preflight: the OS state the image should be in.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
+@disk_option
 def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: str | None,
-          with_preflight: bool, expect: str, verbose: bool) -> None:
+          with_preflight: bool, expect: str, verbose: bool, member: int | None) -> None:
     """Judge whether DISK can be uploaded to Azure as is. Exit 0 ready, 1 not, 2 unreadable."""
     def body() -> Report:
-        report = check_path(disk, os_disk=os_disk, parent=parent)
+        report = check_path(disk, os_disk=os_disk, parent=parent, member=member)
         if with_preflight:
             from ..preflight.engine import preflight_path  # loads the OS readers
 
             try:
-                report.extend(preflight_path(disk, parent, expect).findings)
+                report.extend(preflight_path(disk, parent, expect, member=member).findings)
             except VhdkitError as exc:  # the format findings already say what is wrong
                 report.extend([Finding("preflight.unreadable", "error",
                                        f"cannot inspect the OS inside: {exc}")])

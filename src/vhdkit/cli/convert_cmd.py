@@ -13,7 +13,7 @@ from ..errors import UsageError, VhdkitError
 from ..report import render_text
 from ..sizes import parse_size
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, run
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, run
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -96,8 +96,10 @@ def render(r: ConvertResult) -> str:
               help="Grow the fixed VHD SRC to a whole MiB (or --size) without copying.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no text summary.")
+@disk_option
 def convert_command(src: str, dst: str | None, size: int | None, force: bool, verify: bool,
-                    parent: str | None, in_place: bool, as_json: bool, quiet: bool) -> None:
+                    parent: str | None, in_place: bool, as_json: bool, quiet: bool,
+                    member: int | None) -> None:
     """Write SRC (raw, VHD fixed/dynamic/differencing, VHDX) to DST as a fixed VHD Azure accepts.
 
     \b
@@ -118,7 +120,7 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
         if dst is None:
             raise UsageError("missing DST: vhdkit convert SRC DST (or --in-place DISK)")
         return convert_disk(src, dst, size, force=force, verify=verify, parent=parent,
-                       progress=progress)
+                            progress=progress, member=member)
 
     try:
         result = run(work)

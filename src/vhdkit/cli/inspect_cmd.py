@@ -9,7 +9,7 @@ import click
 
 from ..facts import inspect_path
 from . import main
-from ._common import emit, fail, run
+from ._common import disk_option, emit, fail, run
 
 
 def _size(n: int) -> str:
@@ -60,9 +60,10 @@ def render(facts: dict[str, Any]) -> str:
 @click.argument("disk", type=click.Path(readable=False))
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/JSON.md).")
-def inspect(disk: str, parent: str | None, as_json: bool) -> None:
+@disk_option
+def inspect(disk: str, parent: str | None, as_json: bool, member: int | None) -> None:
     """Show what DISK is: format, type, sizes, geometry, allocation, parent."""
-    facts = run(lambda: inspect_path(disk, parent))
+    facts = run(lambda: inspect_path(disk, parent, member=member))
     emit(json.dumps(facts, indent=2) if as_json else render(facts))
     missing = ((facts.get("dynamic") or {}).get("parent") or {}).get("error")
     if missing:  # the child is shown, but its chain is incomplete: exit 2 with the reason

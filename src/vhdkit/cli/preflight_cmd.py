@@ -11,7 +11,7 @@ from ..outputs import disk_files
 from ..preflight.engine import preflight_path
 from ..report import render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_path, run, write_text
 
 
 @main.command()
@@ -24,14 +24,15 @@ from ._common import EXIT_NOT_READY, EXIT_OK, emit, refuse_report_path, run, wri
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True),
               help="Write a JUnit XML file: one test case per rule, errors as failures.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
+@disk_option
 def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: str | None,
-              verbose: bool) -> None:
+              verbose: bool, member: int | None) -> None:
     """Read DISK offline and check the OS is generalized and Azure-ready.
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
     refuse_report_path(junit, disk, parent)
-    report = run(lambda: preflight_path(disk, parent, expect))
+    report = run(lambda: preflight_path(disk, parent, expect, member=member))
     if junit:
         xml = render_junit(report, suite="vhdkit.preflight")
         write_text(junit, xml, disk_files(disk, parent))

@@ -26,7 +26,7 @@ from ..upload import (
 from ..upload.types import Target, sas_blob_url
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, emit, fail, run
+from ._common import EXIT_NOT_READY, disk_option, emit, fail, run
 from ._dest import destination_options, quiet_sdk_logs
 from ._managed import ManagedCli, managed_disk_options, render_managed, run_managed, to_json
 
@@ -146,13 +146,15 @@ class _Bar:
               default="generalized", show_default=True,
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
 @managed_disk_options()
+@disk_option
 def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
                    retries: int, retry_wait: float, retry_budget: float,
                    max_request_rate: float | None, max_bandwidth: float | None,
                    as_json: bool, quiet: bool, skip_preflight: bool, expect: str,
-                   managed: ManagedCli | None) -> None:
+                   managed: ManagedCli | None,
+                   member: int | None) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
     The destination is a SAS_URL (a blob, a container with --blob, or a managed disk from
@@ -174,7 +176,8 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                              retry=retry, request_rate=max_request_rate, byte_rate=byte_rate)
         doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
                                       skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
-                                      progress=lambda n: _Bar(n, enabled=not quiet)))
+                                      progress=lambda n: _Bar(n, enabled=not quiet),
+                                      member=member))
         emit(to_json(doc) if as_json else render_managed(doc))
         return
     where = run(lambda: dest.resolve(required=not dry_run))
@@ -195,7 +198,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     gate: list[Report] = []
 
     def go() -> UploadResult:
-        with open_disk(disk, parent) as vdisk:
+        with open_disk(disk, parent, disk=member) as vdisk:
             view = AzureView.of(vdisk)
             if view.resized:
                 if no_resize:

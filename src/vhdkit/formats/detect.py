@@ -108,12 +108,11 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("qcow-unknown", "qcow of an unknown version", _magic(0, b"QFI\xfb"),
               way_out=_convert_raw("qcow")),
     Signature("qed", "QED", _magic(0, b"QED\x00"), way_out=_convert_raw("QED")),
-    Signature("vmdk", "VMDK (sparse extent)", _magic(0, b"KDMV"),
-              way_out=_convert_raw("VMDK")),
+    Signature("vmdk", "VMDK (sparse extent)", _magic(0, b"KDMV"), readable=True),
     Signature("vmdk-cowd", "VMDK (ESX COWD sparse extent)", _magic(0, b"COWD"),
-              way_out=_convert_raw("VMDK COWD")),
-    Signature("vmdk-descriptor", "VMDK descriptor", _vmdk_descriptor,
-              way_out=_convert_raw("VMDK")),
+              way_out="give vhdkit the descriptor (.vmdk) that names this extent: it reads "
+                      "vmfsSparse snapshots through it, with their parent"),
+    Signature("vmdk-descriptor", "VMDK descriptor", _vmdk_descriptor, readable=True),
     Signature("vdi", "VirtualBox VDI", _magic(0x40, b"\x7f\x10\xda\xbe"),
               way_out="convert it first: VBoxManage clonemedium DISK disk.vhd --format VHD, "
                       "or qemu-img convert -O raw DISK disk.raw"),
@@ -121,8 +120,7 @@ SIGNATURES: tuple[Signature, ...] = (
               way_out=_convert_raw("Parallels")),
     Signature("luks", "LUKS-encrypted volume", _magic(0, b"LUKS\xba\xbe", b"SKUL\xba\xbe"),
               way_out="Azure cannot boot a LUKS container: give vhdkit the decrypted disk"),
-    Signature("ova", "OVA", _ova, way_out="extract it first: tar -xf DISK, then give vhdkit the "
-                                          ".vmdk inside (qemu-img convert -O raw it)"),
+    Signature("ova", "OVA", _ova, readable=True),
     Signature("tar", "tar archive", _tar, way_out=_unpack("tar -xf")),
     Signature("gzip", "gzip-compressed file", _magic(0, b"\x1f\x8b\x08"),
               way_out=_unpack("gunzip")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..errors import FormatError, ParentNotFound, UnsupportedDisk
+from ..errors import FormatError, ParentNotFound, UnsupportedDisk, UsageError
 from .base import VirtualDisk, open_fd
 from .detect import BY_KEY, detect, refusal
 from .raw import RawDisk
@@ -14,6 +14,8 @@ from .vhd import open_vhd_disk
 #: Longest chain of parents (or backing files) vhdkit opens. Loops are found by file identity,
 #: not by this limit; it only bounds open files and recursion (documented in README).
 MAX_PARENT_DEPTH = 128
+#: containers that may hold several disks (``open_disk(..., disk=N)`` picks one)
+HOLD_SEVERAL = ("ova",)
 
 
 class ChainContext:
@@ -26,10 +28,13 @@ class ChainContext:
     ``resolve``; the reader still checks its identity (VHD unique id, VMDK CID, ...).
     """
 
-    def __init__(self, strict: bool, depth: int, seen: frozenset[tuple[int, int]]) -> None:
+    def __init__(self, strict: bool, depth: int, seen: frozenset[tuple[int, int]],
+                 member: int | None = None) -> None:
         self.strict = strict
         self.depth = depth
         self.seen = seen
+        #: which disk of a container holding several (an OVA), 1-based; None: the only one
+        self.member = member
 
     def resolve(self, child: str, reference: str) -> str:
         """The path a reference stored in ``child`` names, relative to the child's directory.
@@ -85,7 +90,20 @@ def _qcow2(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext)
     return open_qcow2(path, fd, size, parent, ctx)
 
 
-READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": _qcow2}
+def _vmdk(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    from .vmdk import open_vmdk  # numpy and construct load only for a VMDK
+
+    return open_vmdk(path, fd, size, parent, ctx)
+
+
+def _ova(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    from .ova import open_ova
+
+    return open_ova(path, fd, size, parent, ctx.member)
+
+
+READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": _qcow2,
+                              "vmdk": _vmdk, "vmdk-descriptor": _vmdk, "ova": _ova}
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -104,20 +122,22 @@ def open_disk(
     *,
     format: str | None = None,
     strict: bool = True,
+    disk: int | None = None,
 ) -> VirtualDisk:
     """Open any supported disk image as a :class:`VirtualDisk`.
 
     ``format`` forces a reader ('raw', 'vhd', 'vhdx', ...) instead of detecting it. ``parent``
     names the parent of a differencing disk explicitly; otherwise it is found through the parent
     locators, relative to the child. ``strict=False`` records recoverable defects on
-    ``disk.image.anomalies`` instead of raising (used by ``check``).
+    ``disk.image.anomalies`` instead of raising (used by ``check``). ``disk`` picks one disk of
+    a container that holds several (an OVA), counted from 1 in the order ``inspect`` lists them.
     """
     return _open(os.fspath(path), None if parent is None else os.fspath(parent), format, strict, 0,
-                 frozenset())
+                 frozenset(), disk)
 
 
 def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: int,
-          seen: frozenset[tuple[int, int]]) -> VirtualDisk:
+          seen: frozenset[tuple[int, int]], member: int | None = None) -> VirtualDisk:
     if depth > MAX_PARENT_DEPTH:
         raise ParentNotFound(f"{path}: the chain of parents is longer than vhdkit's limit of "
                              f"{MAX_PARENT_DEPTH} disks")
@@ -134,8 +154,11 @@ def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: i
             raise ParentNotFound(f"{path}: the chain of parents loops back to this file")
         kind = fmt or detect(fd, size, path)
         reader = READERS[kind]
+        if member is not None and kind not in HOLD_SEVERAL:
+            raise UsageError(f"{path}: --disk {member} picks a disk of an OVA; this {kind} image "
+                             "is one disk")
     except BaseException:
         os.close(fd)
         raise
     # The reader owns the fd from here on, also when it fails.
-    return reader(path, fd, size, parent, ChainContext(strict, depth, seen | {ident}))
+    return reader(path, fd, size, parent, ChainContext(strict, depth, seen | {ident}, member))

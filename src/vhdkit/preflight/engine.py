@@ -28,9 +28,11 @@ class Opened:
     fs: Filesystem | None
 
 
-def preflight_path(path: str, parent: str | None = None, expect: str = "generalized") -> Report:
-    """Open the image at ``path`` (any format vhdkit reads) and run :func:`preflight` on it."""
-    with open_disk(path, parent) as disk:
+def preflight_path(path: str, parent: str | None = None, expect: str = "generalized", *,
+                   member: int | None = None) -> Report:
+    """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA) and
+    run :func:`preflight` on it."""
+    with open_disk(path, parent, disk=member) as disk:
         return preflight_disk(disk, expect)
 
 
