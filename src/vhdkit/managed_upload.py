@@ -174,9 +174,13 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
 def _boot(report: Report | None) -> tuple[list[str], str | None]:
     """(generations the disk boots, architecture) as pre-flight found them."""
     boot = getattr(report, "boot", None)
-    if boot is None:
-        return [], None
-    return [str(g) for g in boot.generations], boot.architecture
+    if boot is not None:
+        return [str(g) for g in boot.generations], boot.architecture
+    facts = report.facts.get("boot") if report is not None else None  # a report from JSON
+    if isinstance(facts, dict):
+        arch = facts.get("architecture")
+        return [str(g) for g in facts.get("generations") or []], str(arch) if arch else None
+    return [], None
 
 
 def disk_body(req: ManagedDiskRequest, plan: DiskPlan, location: str,
