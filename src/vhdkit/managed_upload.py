@@ -171,12 +171,13 @@ def plan_disk(req: ManagedDiskRequest, preflight: Report | None, expect: str) ->
     return DiskPlan(os_type, gen, arch, state, why)
 
 
-def _boot(report: Report | None) -> tuple[list[str], str | None]:
+def _boot(report: Report | dict[str, object] | None) -> tuple[list[str], str | None]:
     """(generations the disk boots, architecture) as pre-flight found them."""
     boot = getattr(report, "boot", None)
     if boot is not None:
         return [str(g) for g in boot.generations], boot.architecture
-    facts = report.facts.get("boot") if report is not None else None  # a report from JSON
+    src = report if isinstance(report, dict) else getattr(report, "facts", {})
+    facts = src.get("boot")  # facts as JSON carries them
     if isinstance(facts, dict):
         arch = facts.get("architecture")
         return [str(g) for g in facts.get("generations") or []], str(arch) if arch else None
