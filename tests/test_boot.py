@@ -278,7 +278,7 @@ def test_managed_disk_plan_reads_the_boot_facts(disks: Disks, name: str, os_type
     report = judge(disks.get(name, "vhdx"))
     plan = plan_disk(ManagedDiskRequest("d", "rg"), report, "generalized")
     assert (plan.os_type, plan.hyper_v_generation, plan.architecture) == (os_type, gen, arch)
-    assert suggest_plan(report.facts, "generalized").hyper_v_generation == gen
+    assert suggest_plan(report, "generalized").hyper_v_generation == gen
     assert report.boot is not None
     if len(report.boot.generations) == 1:
         other = "V1" if gen == "V2" else "V2"
