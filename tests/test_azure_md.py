@@ -373,7 +373,8 @@ def test_readme_managed_disk_flow_through_the_double(
     """The README's managed-disk block, with `az` played by the test: dry run for the size,
     create, grant (the double's SAS), upload, revoke (the double's footer check)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("#### Upload to a managed disk")[1].split("By hand,")[1].split("```azure-cli")[1]
+    section = readme.split("#### Upload to a managed disk")[1].split("By hand,")[1]
+    block = section.split("```azure-cli")[1]
     lines = [ln.strip() for ln in block.split("```")[0].strip().splitlines()]
     size = 0
     for line in lines:
