@@ -163,7 +163,7 @@ def test_terminal_bar_fits_80_columns_in_iec_units(raw: Path, tmp_path: Path) ->
 def test_upload_and_bench_status_lines_through_a_pipe(raw: Path, azurite_url: str) -> None:
     res = subprocess.run(cli("upload", str(raw), "--emulator", azurite_url, "--container",
                              "progress", "--create-container", "--skip-preflight",
-                             "--concurrency", "1", "--progress-interval", "0.01"),
+                             "--concurrency", "1", "--verify", "--progress-interval", "0.01"),
                          env=env(), capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     lines = [x for x in res.stderr.splitlines() if x.startswith("upload: ")]
@@ -172,6 +172,9 @@ def test_upload_and_bench_status_lines_through_a_pipe(raw: Path, azurite_url: st
     assert ", skipped 24.00 MiB, took " in lines[-1]
     sent = [float(x.split("sent ")[1].split()[0]) for x in lines]
     assert sent == sorted(sent)  # the lines follow the upload as it goes
+    verify = [x for x in res.stderr.splitlines() if x.startswith("verify: ")]
+    assert verify and all(LINE.match(x) for x in verify), res.stderr  # --verify shows too
+    assert verify[-1].startswith("verify: 100.0 % of ") and "took" in verify[-1]
 
     res = subprocess.run(cli("bench", "--emulator", azurite_url, "--container", "progress",
                              "--size", "2M", "--shape", "dense", "--concurrency", "1,2",
