@@ -242,10 +242,10 @@ class PageBlob:
             status = exc.status_code or 0
             code = _error_code(exc)
             text = f"{where}: HTTP {status} {code}".rstrip()
-            if status in (401, 403):
-                return AuthenticationError(self._clean(
+            if status in (401, 403):  # exit 3: the credentials, not the input
+                return _status(AuthenticationError(self._clean(
                     f"{text} (access denied: check the account key, or the SAS expiry and "
-                    "permissions)"))
+                    "permissions)")), status)
             elif code == "ContainerNotFound":
                 text = f"{where}: container {self.client.container_name!r} does not exist"
                 if not self.target.is_sas:
