@@ -257,7 +257,7 @@ def test_retry_budget_is_configurable(disk_b: Path, azurite_url: str,
         code, _, err = vhdkit("upload", str(disk_b), "--emulator", proxy.url, "--container",
                               container.container_name, "--blob", "t.vhd", "-q",
                               "--skip-preflight", "--retries", "3", "--retry-wait", "0.05")
-        assert code == 2 and "giving up after 3 attempts" in err
+        assert code == 3 and "giving up after 3 attempts" in err  # exit 3: the network
         assert proxy.counters.injected["503"] <= 3 * 8 + 8
 
 
@@ -327,7 +327,7 @@ def test_entra_protected_disk_gets_a_bearer_token_for_the_disk_audience(
         assert set(md.md.authorization) == {"Bearer tok-123"} and md.md.refused == []
         # Without the token the disk refuses, and the error says so in one line.
         code, _, err = vhdkit("upload", str(disk_b), sas, "-q", "--skip-preflight", "--resume")
-        assert code == 2 and "401" in err
+        assert code == 3 and "401" in err  # exit 3: authentication, not the input
 
 
 def test_a_credential_failure_shows_the_credentials_own_message(

@@ -370,7 +370,9 @@ def test_progress_hidden_without_a_tty_and_shown_with_one(images: dict[str, Imag
                                                           tmp_path: Path) -> None:
     src = images["diff-chain"].path
     res = run_proc("convert", src, tmp_path / "a.vhd")
-    assert res.returncode == 0 and res.stderr == ""
+    # no terminal (a CI log): status lines, not a bar (tests/test_progress.py has the details)
+    assert res.returncode == 0 and "\r" not in res.stderr
+    assert res.stderr.splitlines()[-1].startswith("convert: 100.0 % of ")
     leader, follower = pty.openpty()
     # a pty starts with 0 columns, and tqdm draws nothing in a zero-width terminal
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
@@ -395,7 +397,7 @@ def test_progress_hidden_without_a_tty_and_shown_with_one(images: dict[str, Imag
         if follower >= 0:
             os.close(follower)
     assert proc.returncode == 0
-    assert b"convert:" in shown and b"B/s" in shown
+    assert b"convert 100%|" in shown and b"MiB/s" in shown
     res = run_proc("convert", src, tmp_path / "c.vhd", "--quiet")
     assert (res.stdout, res.stderr) == ("", "")
 
@@ -436,8 +438,8 @@ def test_hand_built_corrupt_variant_is_refused(tmp_path: Path) -> None:
                                  {0: (None, b"x" * 512)}, header={"cookie": b"cxsparsX"})
     code, _, stderr = cli("convert", bad, tmp_path / "o.vhd")
     assert code == 2
-    assert stderr == ("vhdkit: error: header.cookie at offset 512: expected b'cxsparse', "
-                      "found b'cxsparsX'\n")
+    assert stderr == (f"vhdkit: error: {bad}: header.cookie at offset 512: expected "
+                      "b'cxsparse', found b'cxsparsX'\n")
     assert sorted(os.listdir(tmp_path)) == ["bad.vhd"]
 
 

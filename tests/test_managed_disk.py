@@ -275,13 +275,13 @@ def cli(args: list[str], arm: ArmDouble, monkeypatch: pytest.MonkeyPatch,
 
 def test_the_command_creates_uploads_and_prints_the_next_steps(
         linux_disk: Path, arm: ArmDouble, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     res = cli([str(linux_disk), "--managed-disk", "cli1", "-g", "rg1", "--hyper-v-generation",
                "V2", "--json", "-q"], arm, monkeypatch)
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.stdout)
-    assert doc["schema"] == "vhdkit.managed-upload/1" and doc["disk_state"] == "Unattached"
+    from test_json_docs import Checked
+
+    doc = Checked().validate("vhdkit upload --managed-disk NAME --json DISK ...", res.stdout)
+    assert doc["schema"] == 1 and doc["disk_state"] == "Unattached"
     assert doc["os_type"] == "Linux" and doc["upload"]["bytes_sent"] > 0
     assert "sig=" not in res.output  # the granted SAS is a secret
     assert [k for _, k in arm.calls()][-2:] == ["revoke", "disk_get"]

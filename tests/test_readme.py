@@ -98,7 +98,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
     stream.unlink()
     service = BlobServiceClient(azurite_url, credential={"account_name": DEV_ACCOUNT,
                                                          "account_key": DEV_KEY})
-    service.create_container("images")
+    # no "images" container: the README's first upload must work on a fresh Azurite by itself
     # The managed-disk example: a page blob pre-created with the exact stream size, and a SAS.
     disks = service.create_container("disks")
     with vhdkit.open_disk(work / "disk.vhd") as d:
@@ -143,15 +143,22 @@ def test_readme_commands_run_with_the_promised_exit_codes(workdir: Path, azurite
     assert revoke_problems(size, made.download_blob(offset=size - 512).readall()) == []
 
 
-def test_readme_python_example_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+def test_readme_python_example_runs(workdir: Path, azurite_url: str,
+                                    blob_service: BlobServiceClient,
+                                    monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code = [body for lang, body in blocks() if lang == "python"]
     assert len(code) == 1
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv("AZURITE", azurite_url)
     exec(compile(code[0], "README.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("vhd-dynamic ")
     assert out[3] == "False ['vhd.type', 'azure.size-mib']"
+    # the real upload from Python landed, verified
+    mode, sent, verified = out[-1].split()
+    assert mode in ("new", "resumed") and int(sent) > 0 and verified == "True"
+    assert blob_service.get_blob_client("images", "lib.vhd").exists()
 
 
 def test_readme_lists_exactly_the_public_api() -> None:

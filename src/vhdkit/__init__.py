@@ -49,6 +49,14 @@ _EXPORTS: dict[str, str] = {
     "render_json": "report",
     "render_junit": "report",
     "render_text": "report",
+    "Progress": "upload.uploader",
+    "RetryPolicy": "upload.engine",
+    "VerifyResult": "upload.verify",
+    "Expect": "expectations",
+    "WarningsAs": "report",
+    "NetworkError": "errors",
+    "AuthenticationError": "errors",
+    "render_junit_error": "report",
     "UploadOptions": "upload.uploader",
     "UploadResult": "upload.uploader",
     "upload_view": "upload.uploader",
@@ -58,25 +66,32 @@ _EXPORTS: dict[str, str] = {
 
 # A literal list, so linters and type checkers see the public names (test_api checks it).
 __all__ = [
+    "AuthenticationError",
     "AzureView",
     "ConvertError",
     "ConvertResult",
     "DiskIOError",
+    "Expect",
     "Extent",
     "Finding",
     "FormatError",
+    "NetworkError",
     "PageBlob",
     "ParentNotFound",
     "PreflightError",
+    "Progress",
     "Report",
+    "RetryPolicy",
     "Target",
     "UnsupportedDisk",
     "UploadError",
     "UploadOptions",
     "UploadResult",
     "UsageError",
+    "VerifyResult",
     "VhdkitError",
     "VirtualDisk",
+    "WarningsAs",
     "__version__",
     "check_path",
     "check_view",
@@ -91,6 +106,7 @@ __all__ = [
     "preflight_path",
     "render_json",
     "render_junit",
+    "render_junit_error",
     "render_text",
     "round_up_mib",
     "upload_view",
@@ -115,9 +131,11 @@ if TYPE_CHECKING:
     from .check import check_path, check_view
     from .convert import ConvertResult, convert_disk, convert_in_place
     from .errors import (
+        AuthenticationError,
         ConvertError,
         DiskIOError,
         FormatError,
+        NetworkError,
         ParentNotFound,
         PreflightError,
         UnsupportedDisk,
@@ -125,12 +143,23 @@ if TYPE_CHECKING:
         UsageError,
         VhdkitError,
     )
+    from .expectations import Expect
     from .extents import Extent, nonzero_runs
     from .facts import inspect_path
     from .formats import VirtualDisk, detect_format, open_disk
     from .preflight.engine import preflight_disk, preflight_path
-    from .report import Finding, Report, render_json, render_junit, render_text
+    from .report import (
+        Finding,
+        Report,
+        WarningsAs,
+        render_json,
+        render_junit,
+        render_junit_error,
+        render_text,
+    )
     from .sizes import parse_size
+    from .upload.engine import RetryPolicy
     from .upload.pageblob import PageBlob
     from .upload.types import Target
-    from .upload.uploader import UploadOptions, UploadResult, upload_view
+    from .upload.uploader import Progress, UploadOptions, UploadResult, upload_view
+    from .upload.verify import VerifyResult

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 
 from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up_mib
 from .errors import FormatError, ParentNotFound
@@ -59,6 +60,9 @@ RULES: dict[str, str] = {
 }
 
 
+DAMAGED = "the image is damaged: export it again from its source"
+
+
 def rule_for(err: FormatError) -> str:
     return next((rule for prefix, rule in FIELD_RULES if err.field.startswith(prefix)),
                 "vhd.header")
@@ -100,6 +104,7 @@ class _Judge:
                                                     applicable=False))
 
     def finish(self, rules: list[str]) -> Report:
+        self._no_convert_past_damage()
         for rule in rules:
             if rule in self.failed or rule not in RULES:
                 continue
@@ -110,6 +115,18 @@ class _Judge:
                 self.report.findings.append(Finding(rule, "info", RULES[rule], passed=True))
         return self.report
 
+    def _no_convert_past_damage(self) -> None:
+        """Convert reads every block: on a damaged disk (a block past the end, a bad table) it
+        fails, so a finding must not suggest it; the damage is what to fix first."""
+        damaged = [f for f in self.report.findings
+                   if f.severity == "error" and f.fix.startswith(DAMAGED)]
+        if not damaged:
+            return
+        first = f"{DAMAGED} (vhdkit convert cannot read it: {damaged[0].id})"
+        self.report.findings = [
+            replace(f, fix=first) if f.fix.startswith("vhdkit convert") else f
+            for f in self.report.findings]
+
     @property
     def convert_fix(self) -> str:
         pick = f" --disk {self.member}" if self.member is not None else ""
@@ -117,7 +134,8 @@ class _Judge:
 
 
 def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
-               parent: str | None = None, member: int | None = None) -> Report:
+               parent: str | os.PathLike[str] | None = None, member: int | None = None
+               ) -> Report:
     """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
     path = os.fspath(path)
     fmt = detect_format_lenient(path)
@@ -143,7 +161,7 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         rule = rule_for(exc)
         j.fail(rule, "error", f"{exc.field} at offset {exc.offset}: {exc.problem}",
                evidence=f"{exc.field} @ {exc.offset}",
-               fix="the image is damaged: export it again from its source")
+               fix=DAMAGED)
         j.not_evaluated(f"the image cannot be read past {exc.field}",
                         *(r for r in rules if r != rule and r != "format"))
     if disk is None:
@@ -224,7 +242,7 @@ def _vhd_rules(j: _Judge, disk: VirtualDisk, image: VhdImage) -> None:
                fix=j.convert_fix + extra)
     for a in image.anomalies:
         sev: Severity = "warning" if a.severity == "warning" else "error"
-        fix = "the image is damaged: export it again from its source"
+        fix = DAMAGED
         if a.rule == "vhd.footer-copy":
             fix = j.convert_fix + " (writes a fresh footer)"
         j.fail(a.rule, sev, a.error.problem, evidence=f"{a.error.field} @ {a.error.offset}",

@@ -142,7 +142,7 @@ def _check_space(directory: str, needed: int) -> None:
                            f"to write, {free} bytes available")
 
 
-def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | None,
+def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | os.PathLike[str] | None,
                  member: int | None = None) -> tuple[VirtualDisk, bool]:
     if isinstance(src, VirtualDisk):
         return src, False
@@ -156,7 +156,7 @@ def convert_disk(
     *,
     force: bool = False,
     verify: bool = False,
-    parent: str | None = None,
+    parent: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     chunk: int = CHUNK,
     member: int | None = None,

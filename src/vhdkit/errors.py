@@ -47,5 +47,14 @@ class UploadError(VhdkitError):
     """An upload was refused or failed; the destination is left resumable."""
 
 
+class NetworkError(UploadError):
+    """The storage service could not be reached or kept failing (timeouts, resets, 5xx after
+    every retry). The CLI exits 3 for it, not 2: the input is fine, the way to it is not."""
+
+
+class AuthenticationError(NetworkError):
+    """The storage service refused the credentials (HTTP 401/403, no Entra ID token)."""
+
+
 class PreflightError(VhdkitError):
     """The operating system inside the disk could not be inspected."""

@@ -6,6 +6,7 @@ The layout is documented in docs/JSON.md; keys are only ever added, never rename
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from typing import Any
 
@@ -110,8 +111,8 @@ def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, An
     return out
 
 
-def inspect_path(path: str, parent: str | None = None, *, member: int | None = None
-                 ) -> dict[str, Any]:
+def inspect_path(path: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None,
+                 *, member: int | None = None) -> dict[str, Any]:
     """Open ``path`` (strictly: a malformed image raises FormatError) and describe it;
     ``member`` picks a disk of an OVA holding several.
 
@@ -121,7 +122,7 @@ def inspect_path(path: str, parent: str | None = None, *, member: int | None = N
     try:
         disk = open_disk(path, parent, disk=member)
     except ParentNotFound as exc:
-        alone = open_child_alone(path) if parent is None else None
+        alone = open_child_alone(os.fspath(path)) if parent is None else None
         if alone is None:
             raise
         with alone:

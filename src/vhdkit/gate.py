@@ -6,11 +6,12 @@ from __future__ import annotations
 from .azure_view import AzureView
 from .check import check_view
 from .errors import VhdkitError
+from .expectations import Expect
 from .preflight.engine import preflight_disk
 from .report import Finding, Report
 
 
-def upload_gate(view: AzureView, *, expect: str = "generalized",
+def upload_gate(view: AzureView, *, expect: Expect = "generalized",
                 run_preflight: bool = True) -> Report:
     """What ``vhdkit upload`` checks before it sends a byte."""
     report = check_view(view)

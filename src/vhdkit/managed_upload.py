@@ -98,7 +98,7 @@ class ManagedUploadResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": "vhdkit.managed-upload/1",
+            "schema": 1,  # docs/JSON.md, like every --json document
             "disk_id": self.disk_id, "disk_state": self.disk_state, "created": self.created,
             "resumed": self.resumed,
             "os_type": self.plan.os_type, "hyper_v_generation": self.plan.hyper_v_generation,

@@ -20,7 +20,8 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise UsageError("--plot needs matplotlib: pip install 'vhdkit[plot]'") from exc
+        raise UsageError("--plot needs matplotlib: pip install matplotlib (in vhdkit's "
+                         "environment; from a vhdkit checkout: pip install '.[plot]')") from exc
 
 
 def plot(runs: list[BenchRun], path: str, title: str = "vhdkit bench") -> None:

@@ -8,6 +8,7 @@ retried write counts once), and runs differ only in how fast they send it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
@@ -23,7 +24,7 @@ from ..azure_view import AzureView
 from ..errors import UploadError, UsageError
 from ..formats import VirtualDisk, open_disk
 from ..sizes import check_size
-from ..upload import DEFAULT_MERGE_GAP, UploadOptions, upload_view
+from ..upload import DEFAULT_MERGE_GAP, Progress, UploadOptions, upload_view
 from ..upload.types import MAX_WRITE, check_max_write
 from .storage import BenchDestination
 from .synthetic import SHAPES, SyntheticDisk
@@ -152,7 +153,8 @@ def plan_bytes(view: AzureView, config: BenchConfig, max_write: int) -> int:
 
 
 def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape: str,
-            concurrency: int, max_write: int, planned: int, repeat: int) -> BenchRun:
+            concurrency: int, max_write: int, planned: int, repeat: int,
+            on_progress: Callable[[Progress], None] | None = None) -> BenchRun:
     """Upload ``view`` once to a fresh blob; delete it afterwards unless ``config.keep``."""
     name = f"vhdkit-bench-{shape}-c{concurrency}-w{short_size(max_write)}-{uuid.uuid4().hex[:8]}"
     blob = dest.blob(name, concurrency)
@@ -160,7 +162,7 @@ def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape:
     try:
         cpu0, t0 = _cpu(), time.perf_counter()
         try:
-            result = upload_view(view, blob, opts)
+            result = upload_view(view, blob, opts, on_progress=on_progress)
         except UploadError as exc:
             # The upload's own advice (rerun to resume) does not apply: the blob is deleted.
             inner = exc.__cause__ if isinstance(exc.__cause__, UploadError) else exc
@@ -185,8 +187,11 @@ def measure(view: AzureView, dest: BenchDestination, config: BenchConfig, shape:
 
 
 def run_bench(config: BenchConfig, dest: BenchDestination,
-              on_run: Callable[[BenchRun], None] | None = None) -> BenchResult:
-    """The whole sweep, in the order shape x concurrency x max write x repeat."""
+              on_run: Callable[[BenchRun], None] | None = None,
+              on_progress: Callable[[str, Progress], None] | None = None) -> BenchResult:
+    """The whole sweep, in the order shape x concurrency x max write x repeat.
+
+    ``on_progress(label, progress)`` follows each run's upload (label: shape, c, w)."""
     result = BenchResult(machine(), asdict(config), destination=dest.setup())
     for shape in config.shapes:
         with open_shape(config, shape) as disk:
@@ -196,9 +201,12 @@ def run_bench(config: BenchConfig, dest: BenchDestination,
                 for max_write in config.max_write:
                     if max_write not in plans:
                         plans[max_write] = plan_bytes(view, config, max_write)
+                    label = f"{shape} c{concurrency} w{short_size(max_write)}"
+                    follow = (None if on_progress is None else
+                              functools.partial(on_progress, label))
                     for i in range(config.repeat):
                         run = measure(view, dest, config, shape, concurrency, max_write,
-                                      plans[max_write], i)
+                                      plans[max_write], i, follow)
                         result.runs.append(run)
                         if on_run is not None:
                             on_run(run)

@@ -1,7 +1,8 @@
 """The ``vhdkit`` command. The cli package is the only place that prints or exits.
 
 Each command lives in its own module and registers itself on :data:`main`; errors from the
-library become one-line messages with exit code 2 (see ``_common.run``). A command's module is
+library become one-line messages with exit code 2, 3 for network and authentication failures
+(see ``_common.run``); click's usage errors are one line too (``_group``). A command's module is
 imported only when that command runs (or when help lists them all), so ``vhdkit --version`` and
 ``vhdkit check`` do not pay for the Azure SDK, numpy or the pre-flight readers.
 """
@@ -13,6 +14,8 @@ import importlib
 import click
 
 from .. import __version__
+from . import _logging
+from ._group import VhdkitGroup
 
 #: command name -> module (in this package) that defines it
 COMMANDS = {
@@ -25,7 +28,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(VhdkitGroup):
     """A group whose commands load on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -38,7 +41,20 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="vhdkit", cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vhdkit")
-def main() -> None:
-    """Get disk images ready for Azure: inspect, check, convert, pre-flight, upload, bench."""
+@click.option("--debug", is_flag=True, envvar="VHDKIT_DEBUG",
+              help="Log what vhdkit does, request by request, to stderr (secrets redacted).")
+@click.option("--log-file", type=click.Path(dir_okay=False), metavar="FILE",
+              envvar="VHDKIT_LOG_FILE", help="The same log, to FILE instead of stderr.")
+def main(debug: bool, log_file: str | None) -> None:
+    """Get disk images ready for Azure: inspect, check, convert, pre-flight, upload, bench.
+
+    \b
+    Exit codes: 0 ready / done, 1 not ready, 2 unreadable input or usage error,
+    3 network or authentication failure.
+    Environment: VHDKIT_CONCURRENCY, VHDKIT_PROGRESS_INTERVAL, VHDKIT_DEBUG, VHDKIT_LOG_FILE,
+    AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY, AZURE_STORAGE_CONNECTION_STRING.
+    """
+    click.get_current_context().call_on_close(_logging.setup(debug, log_file))

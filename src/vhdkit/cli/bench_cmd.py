@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from ..bench.runner import BenchConfig, BenchResult, BenchRun, run_bench, short_size
 from ..bench.synthetic import parse_run_lengths
 from ..errors import UsageError
 from ..sizes import parse_size
-from ..upload import DEFAULT_MERGE_GAP
+from ..upload import DEFAULT_MERGE_GAP, Progress
 from ..upload.types import Target
 from . import main
-from ._common import emit, run
+from ._common import emit, json_doc, run
 from ._dest import destination_options, quiet_sdk_logs
+from .progress import ProgressDisplay, interval_option
 
 MIB = 1 << 20
 
@@ -79,6 +78,30 @@ def render(result: BenchResult) -> str:
     return "\n".join([title, line(head), *(line(r) for r in rows)])
 
 
+class _RunProgress:
+    """Each run's upload as a bar or status lines (``bench dense c4 w4M``)."""
+
+    def __init__(self, quiet: bool, interval: float) -> None:
+        self.quiet, self.interval = quiet, interval
+        self.current: tuple[str, ProgressDisplay] | None = None
+        self.done = 0
+
+    def __call__(self, label: str, p: Progress) -> None:
+        if self.current is None or self.current[0] != label or p.scanned < self.done:
+            self.close()
+            self.current = (label, ProgressDisplay(f"bench {label}", p.stream_size,
+                                                   quiet=self.quiet, interval=self.interval))
+        self.done = p.scanned
+        skipped = p.scanned - p.planned
+        self.current[1].update(skipped + p.sent, sent=p.sent, skipped=skipped)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[1].close()
+            self.current = None
+        self.done = 0
+
+
 def _progress(r: BenchRun) -> None:
     click.echo(f"bench: {r.shape} c={r.concurrency} w={short_size(r.max_write)}: "
                f"{r.seconds:.2f} s, {_mib_s(r.effective_bytes_per_s)} MiB/s effective, "
@@ -110,13 +133,14 @@ def _progress(r: BenchRun) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic data seed.")
 @click.option("--json", "as_json", is_flag=True, help="Results as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
-              help="Chart of throughput against concurrency (needs vhdkit[plot]).")
+              help="Chart of throughput against concurrency (needs matplotlib).")
 @click.option("--keep", is_flag=True, help="Keep the blobs written (default: delete each).")
-@click.option("-q", "--quiet", is_flag=True, help="No line per run on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no line per run on stderr.")
+@interval_option
 def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: str,
                   run_lengths: str, disk: str | None, concurrency: str, max_write: str,
                   merge_gap: str, repeat: str, seed: int, as_json: bool, plot_path: str | None,
-                  keep: bool, quiet: bool) -> None:
+                  keep: bool, quiet: bool, progress_interval: float) -> None:
     """Measure upload speed for disk-shaped data.
 
     Uploads synthetic disks generated on the fly (or a real one) to fresh blobs
@@ -130,7 +154,13 @@ def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: st
 
     quiet_sdk_logs()
 
+    given = click.get_current_context().get_parameter_source("size")
+    size_given = given is not None and given.name not in ("DEFAULT", "DEFAULT_MAP")
+
     def prepare() -> tuple[BenchConfig, BenchDestination]:
+        if size_given and shapes and set(shapes) == {"disk"}:
+            raise UsageError("--size sets the size of the synthetic shapes (dense, sparse); "
+                             "--shape disk measures the --disk image at its own size")
         config = _config(size, shapes, fraction, run_lengths, disk, concurrency, max_write,
                          merge_gap, repeat, keep, seed)
         where = dest.resolve(required=True)
@@ -146,8 +176,18 @@ def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: st
         return config, BenchDestination(where)
 
     config, target = run(prepare)
-    result = run(lambda: run_bench(config, target, None if quiet else _progress))
+    runs = _RunProgress(quiet, progress_interval)
+
+    def one_run(r: BenchRun) -> None:
+        runs.close()
+        if not quiet:
+            _progress(r)
+
+    try:
+        result = run(lambda: run_bench(config, target, one_run, runs))
+    finally:
+        runs.close()
     if plot_path is not None:
         title = f"vhdkit bench: {short_size(config.size)} disks, {result.machine['cpu_count']} CPUs"
         run(lambda: plot(result.runs, plot_path, title))
-    emit(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
+    emit(json_doc(result.to_dict()) if as_json else render(result))

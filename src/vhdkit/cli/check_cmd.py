@@ -8,10 +8,11 @@ import click
 
 from ..check import check_path
 from ..errors import VhdkitError
-from ..expectations import EXPECTATIONS
-from ..report import Finding, Report, render_json, render_junit, render_text
+from ..expectations import EXPECTATIONS, Expect
+from ..report import Finding, Report, WarningsAs, render_json, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_path, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit
+from ._junit import JunitRun, junit_options
 
 
 @main.command()
@@ -19,8 +20,7 @@ from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_p
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
 @click.option("--os-disk", is_flag=True, help="Also apply Azure's OS-disk size limit.")
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
-@click.option("--junit", type=click.Path(dir_okay=False, writable=True),
-              help="Write a JUnit XML file: one test case per rule, errors as failures.")
+@junit_options
 @click.option("--preflight", "with_preflight", is_flag=True,
               help="Also inspect the OS inside (as `vhdkit preflight`).")
 @click.option("--expect", type=click.Choice(EXPECTATIONS), default="generalized",
@@ -28,8 +28,11 @@ from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_p
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
 @disk_option
 def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: str | None,
-          with_preflight: bool, expect: str, verbose: bool, member: int | None) -> None:
+          junit_warnings: WarningsAs, with_preflight: bool, expect: Expect, verbose: bool,
+          member: int | None) -> None:
     """Judge whether DISK can be uploaded to Azure as is. Exit 0 ready, 1 not, 2 unreadable."""
+    out = JunitRun(junit, "vhdkit.check", junit_warnings, disk, parent)
+
     def body() -> Report:
         report = check_path(disk, os_disk=os_disk, parent=parent, member=member)
         if with_preflight:
@@ -42,13 +45,8 @@ def check(disk: str, parent: str | None, os_disk: bool, as_json: bool, junit: st
                                        f"cannot inspect the OS inside: {exc}")])
         return report
 
-    refuse_report_path(junit, disk, parent)
-    report = run(body)
-    if junit:
-        xml = render_junit(report, suite="vhdkit.check")
-        from ..outputs import disk_files
-
-        write_text(junit, xml, disk_files(disk, parent))
+    report = out.run(body)
+    out.write(report)
     emit(render_json(report) if as_json else render_text(report, verbose=verbose))
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)
 

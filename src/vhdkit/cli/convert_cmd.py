@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any
 
 import click
 
-from ..convert import ConvertResult, Progress, convert_disk, convert_in_place
+from ..convert import ConvertResult, convert_disk, convert_in_place
 from ..errors import UsageError, VhdkitError
 from ..report import render_text
 from ..sizes import parse_size
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, run
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, json_doc, run
+from .progress import PhaseProgress, interval_option
 
 
 def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -23,28 +22,6 @@ def _size_option(ctx: click.Context, param: click.Parameter, value: str | None) 
         return parse_size(value)
     except VhdkitError as exc:
         raise click.BadParameter(str(exc), ctx, param) from exc
-
-
-class _Bars:
-    """One tqdm bar per phase (convert, verify), over bytes of data extents."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bars: dict[str, Any] = {}
-
-    def __call__(self, phase: str, done: int, todo: int) -> None:
-        bar = self.bars.get(phase)
-        if bar is None:
-            from tqdm import tqdm  # only when a bar is drawn: saves its import time otherwise
-
-            bar = tqdm(total=todo, unit="B", unit_scale=True, unit_divisor=1024, desc=phase,
-                       file=sys.stderr, leave=False, dynamic_ncols=True)
-            self.bars[phase] = bar
-        bar.update(done - bar.n)
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
 
 
 def _size(n: int) -> str:
@@ -95,11 +72,12 @@ def render(r: ConvertResult) -> str:
 @click.option("--in-place", "in_place", is_flag=True,
               help="Grow the fixed VHD SRC to a whole MiB (or --size) without copying.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no text summary.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no text summary.")
+@interval_option
 @disk_option
 def convert_command(src: str, dst: str | None, size: int | None, force: bool, verify: bool,
                     parent: str | None, in_place: bool, as_json: bool, quiet: bool,
-                    member: int | None) -> None:
+                    progress_interval: float, member: int | None) -> None:
     """Write SRC (raw, VHD fixed/dynamic/differencing, VHDX) to DST as a fixed VHD Azure accepts.
 
     \b
@@ -107,8 +85,7 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
     vhdkit convert --size 30G disk.raw disk.vhd --verify
     vhdkit convert --in-place fixed.vhd
     """
-    bars = _Bars(enabled=not quiet and sys.stderr.isatty())
-    progress: Progress | None = bars if bars.enabled else None
+    bars = PhaseProgress(quiet=quiet, interval=progress_interval)
 
     def work() -> ConvertResult:
         if in_place:
@@ -120,10 +97,10 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
         if dst is None:
             raise UsageError("missing DST: vhdkit convert SRC DST (or --in-place DISK)")
         return convert_disk(src, dst, size, force=force, verify=verify, parent=parent,
-                            progress=progress, member=member)
+                            progress=bars, member=member)
 
     try:
-        result = run(work)
+        result = run(work, src)
     finally:
         bars.close()
     if result.stale_temporaries_removed and not quiet:
@@ -131,7 +108,7 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
                    "file(s) left by killed runs: "
                    f"{', '.join(result.stale_temporaries_removed)}", err=True)
     if as_json:
-        emit(json.dumps(result.to_dict(), indent=2))
+        emit(json_doc(result.to_dict()))
     elif not quiet:
         emit(render(result))
     not_ready = result.report is not None and not result.report.ready

@@ -63,7 +63,7 @@ def render(facts: dict[str, Any]) -> str:
 @disk_option
 def inspect(disk: str, parent: str | None, as_json: bool, member: int | None) -> None:
     """Show what DISK is: format, type, sizes, geometry, allocation, parent."""
-    facts = run(lambda: inspect_path(disk, parent, member=member))
+    facts = run(lambda: inspect_path(disk, parent, member=member), disk)
     emit(json.dumps(facts, indent=2) if as_json else render(facts))
     missing = ((facts.get("dynamic") or {}).get("parent") or {}).get("error")
     if missing:  # the child is shown, but its chain is incomplete: exit 2 with the reason

@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
-from ..outputs import disk_files
+from ..expectations import Expect
 from ..preflight.engine import preflight_path
-from ..report import render_json, render_junit, render_text
+from ..report import WarningsAs, render_json, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_path, run, write_text
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit
+from ._junit import JunitRun, junit_options
 
 
 @main.command()
@@ -21,21 +22,18 @@ from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_p
               help="generalized: an image for many VMs; specialized: one VM's own disk.")
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
-@click.option("--junit", type=click.Path(dir_okay=False, writable=True),
-              help="Write a JUnit XML file: one test case per rule, errors as failures.")
+@junit_options
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
 @disk_option
-def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: str | None,
-              verbose: bool, member: int | None) -> None:
+def preflight(disk: str, expect: Expect, parent: str | None, as_json: bool, junit: str | None,
+              junit_warnings: WarningsAs, verbose: bool, member: int | None) -> None:
     """Read DISK offline and check the OS is generalized and Azure-ready.
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
-    refuse_report_path(junit, disk, parent)
-    report = run(lambda: preflight_path(disk, parent, expect, member=member))
-    if junit:
-        xml = render_junit(report, suite="vhdkit.preflight")
-        write_text(junit, xml, disk_files(disk, parent))
+    out = JunitRun(junit, "vhdkit.preflight", junit_warnings, disk, parent)
+    report = out.run(lambda: preflight_path(disk, parent, expect, member=member))
+    out.write(report)
     emit(render_json(report) if as_json else f"{render_text(report, verbose=verbose)}\n"
          f"{describe_os(report.facts)}")
     sys.exit(EXIT_OK if report.ready else EXIT_NOT_READY)

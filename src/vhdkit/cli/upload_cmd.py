@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,9 +25,13 @@ from ..upload import (
 from ..upload.types import Target, sas_blob_url
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, disk_option, emit, fail, run
+from ._common import EXIT_NOT_READY, disk_option, emit, fail, json_doc, run
 from ._dest import destination_options, quiet_sdk_logs
 from ._managed import ManagedCli, managed_disk_options, render_managed, run_managed, to_json
+from .progress import ProgressDisplay, interval_option
+
+if TYPE_CHECKING:
+    from ..expectations import Expect
 
 _UNITS = {"": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20}
 
@@ -85,35 +88,30 @@ def render(r: UploadResult, disk: str) -> str:
     return "\n".join(lines)
 
 
-class _Bar:
-    """tqdm over the stream: scanned bytes, with sent / skipped and MB/s of sent bytes."""
+class _UploadProgress:
+    """The upload's progress: the stream read so far, bytes sent and skipped."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        self._bar: Any = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                              desc="upload", file=sys.stderr,
-                              disable=not enabled or not sys.stderr.isatty(),
-                              dynamic_ncols=True, leave=False)
-        self._done = 0
+    def __init__(self, total: int, quiet: bool, interval: float, dry_run: bool) -> None:
+        self.display = ProgressDisplay("plan" if dry_run else "upload", total, quiet=quiet,
+                                       interval=interval)
+        self.dry_run = dry_run
 
     def __call__(self, p: Progress) -> None:
-        self._bar.update(p.scanned - self._done)
-        self._done = p.scanned
-        rate = p.sent / p.elapsed / 1e6 if p.elapsed > 0 else 0.0
-        self._bar.set_postfix_str(f"sent {_human(p.sent)}, skipped {_human(p.scanned - p.planned)}"
-                                  f", {rate:.1f} MB/s", refresh=False)
+        sent = p.planned if self.dry_run else p.sent  # a plan sends nothing: what it would
+        skipped = p.scanned - p.planned  # zeros and bytes already there: done once read
+        self.display.update(skipped + sent, sent=sent, skipped=skipped)
 
     def close(self) -> None:
-        self._bar.close()
+        self.display.close()
 
 
 @main.command("upload")
-@click.argument("disk", type=click.Path(dir_okay=False))
+@click.argument("disk", type=click.Path(exists=True, dir_okay=False))
 @click.option("--parent", type=click.Path(dir_okay=False), help="Parent of a differencing disk.")
 @destination_options()
 @click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY,
-              show_default=True, help="Concurrent Put Page requests.")
+              show_default=True, envvar="VHDKIT_CONCURRENCY", show_envvar=True,
+              help="Concurrent Put Page requests.")
 @click.option("--merge-gap", callback=_gap, metavar="BYTES",
               help="Fixed zero gap merged into one write (0 = only non-zero sectors). Default: "
               f"adaptive, from {DEFAULT_MERGE_GAP // 1024} KiB, by measured request cost.")
@@ -140,7 +138,8 @@ class _Bar:
               metavar="MIB_PER_S", help="Cap the bytes sent per second, e.g. a disk's or "
               "blob's throughput target (default: none; throttling lowers the concurrency).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or notices.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress (bar or status lines) or notices.")
+@interval_option
 @click.option("--skip-preflight", is_flag=True, help="Upload even if the readiness checks fail.")
 @click.option("--expect", type=click.Choice(["generalized", "specialized"]),
               default="generalized", show_default=True,
@@ -152,9 +151,8 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                    create_container: bool, resume: bool, md5: bool, verify: bool,
                    retries: int, retry_wait: float, retry_budget: float,
                    max_request_rate: float | None, max_bandwidth: float | None,
-                   as_json: bool, quiet: bool, skip_preflight: bool, expect: str,
-                   managed: ManagedCli | None,
-                   member: int | None) -> None:
+                   as_json: bool, quiet: bool, progress_interval: float, skip_preflight: bool,
+                   expect: Expect, managed: ManagedCli | None, member: int | None) -> None:
     """Upload DISK (any format vhdkit reads) as a fixed VHD, skipping zeros.
 
     The destination is a SAS_URL (a blob, a container with --blob, or a managed disk from
@@ -174,10 +172,11 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                  "disk refuses Set Blob Properties)")
         opts = UploadOptions(concurrency=concurrency, merge_gap=merge_gap, verify=verify,
                              retry=retry, request_rate=max_request_rate, byte_rate=byte_rate)
-        doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
-                                      skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
-                                      progress=lambda n: _Bar(n, enabled=not quiet),
-                                      member=member))
+        doc = run(lambda: run_managed(
+            disk, parent, managed, opts, expect=expect, skip_preflight=skip_preflight,
+            quiet=quiet, gate=lambda v, s, _e: _gate(v, s, expect, disk if as_json else None),
+            progress=lambda n: _UploadProgress(n, quiet, progress_interval, False),
+            member=member), disk)
         emit(to_json(doc) if as_json else render_managed(doc))
         return
     where = run(lambda: dest.resolve(required=not dry_run))
@@ -208,12 +207,12 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                 if not quiet:
                     click.echo(f"vhdkit: notice: virtual size {vdisk.size} rounded up to "
                                f"{view.virtual_size} (whole MiB)", err=True)
-            gate.append(_gate(view, skip_preflight, expect))
+            gate.append(_gate(view, skip_preflight, expect, disk if as_json else None))
             blob = PageBlob(target, concurrency, retry) if target is not None else None
             if blob is not None and create_container and not dry_run:
                 blob.ensure_container()
-            bar = _Bar(view.stream_size, enabled=not quiet)
-            vbar = _VerifyBar(enabled=not quiet and verify)
+            bar = _UploadProgress(view.stream_size, quiet, progress_interval, dry_run)
+            vbar = _VerifyProgress(quiet or not verify, progress_interval)
             try:
                 return upload_view(view, blob, opts, on_progress=bar, on_verify=vbar)
             finally:
@@ -222,7 +221,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
                 if blob is not None:
                     blob.close()
 
-    result = run(go)
+    result = run(go, disk)
     for warning in result.warnings:  # shown even with --quiet: something was not done
         click.echo(f"vhdkit: warning: {warning}", err=True)
     doc = result.to_dict()
@@ -230,7 +229,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
         plan = suggest_plan(gate[0] if gate else None, expect)
         doc["next_commands"] = blob_next_commands(result.destination, plan)
     if as_json:
-        emit(json.dumps(doc, indent=2))
+        emit(json_doc(doc))
         return
     text = render(result, disk)
     if doc.get("next_commands"):
@@ -238,32 +237,29 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     emit(text)
 
 
-class _VerifyBar:
-    """tqdm over the bytes verify compares (created on the first report)."""
+class _VerifyProgress:
+    """Verify's progress over the bytes it compares (the display starts on the first report,
+    when the total is known)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._done = 0
+    def __init__(self, quiet: bool, interval: float) -> None:
+        self.quiet, self.interval = quiet, interval
+        self.display: ProgressDisplay | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc="verify", file=sys.stderr, dynamic_ncols=True, leave=False)
-        self._bar.update(done - self._done)
-        self._done = done
+        if self.display is None:
+            self.display = ProgressDisplay("verify", total, quiet=self.quiet,
+                                           interval=self.interval)
+        self.display.update(done)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self.display is not None:
+            self.display.close()
 
 
-def _gate(view: AzureView, skip: bool, expect: str) -> Report:
-    """The rules of ``vhdkit check`` on the stream plus pre-flight of the OS inside."""
+def _gate(view: AzureView, skip: bool, expect: Expect, json_subject: str | None) -> Report:
+    """The rules of ``vhdkit check`` on the stream plus pre-flight of the OS inside. A refusal
+    with --json still prints a JSON document (``mode: refused``) on stdout, so that a script
+    reading it never mistakes the refusal for an empty plan."""
     from ..gate import upload_gate
 
     report = upload_gate(view, expect=expect, run_preflight=not skip)
@@ -273,6 +269,10 @@ def _gate(view: AzureView, skip: bool, expect: str) -> Report:
                       if report.errors else ""), err=True)
     if report.ready or skip:
         return report
-    click.echo(render_text(report), err=True)
+    if json_subject is not None:
+        emit(json_doc({"mode": "refused", "subject": json_subject, "ready": False,
+                       "findings": [f.to_dict() for f in report.findings]}))
+    else:
+        click.echo(render_text(report), err=True)
     click.echo("vhdkit: upload refused (fix the disk, or --skip-preflight)", err=True)
     sys.exit(EXIT_NOT_READY)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import PreflightError, UsageError
-from ..expectations import EXPECTATIONS
+from ..expectations import EXPECTATIONS, Expect
 from ..formats import VirtualDisk, open_disk
 from ..report import Finding, Report
 from .boot import BootVolume, judge_boot
@@ -28,15 +29,15 @@ class Opened:
     fs: Filesystem | None
 
 
-def preflight_path(path: str, parent: str | None = None, expect: str = "generalized", *,
-                   member: int | None = None) -> Report:
+def preflight_path(path: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None,
+                   expect: Expect = "generalized", *, member: int | None = None) -> Report:
     """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA) and
     run :func:`preflight` on it."""
     with open_disk(path, parent, disk=member) as disk:
         return preflight_disk(disk, expect)
 
 
-def preflight_disk(disk: VirtualDisk, expect: str = "generalized") -> Report:
+def preflight_disk(disk: VirtualDisk, expect: Expect = "generalized") -> Report:
     """Inspect the OS inside ``disk`` offline and judge whether Azure can provision it."""
     if expect not in EXPECTATIONS:
         raise UsageError(f"--expect must be one of {', '.join(EXPECTATIONS)}, not {expect!r}")

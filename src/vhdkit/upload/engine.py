@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..errors import UploadError, VhdkitError
+from ..errors import NetworkError, UploadError, VhdkitError
 from .plan import GapPolicy
 from .types import PageWriter, TransientError, Write
 
@@ -253,9 +253,9 @@ class Engine:
                 attempt += 1
                 wait = self.retry.delay(attempt - 1)
                 if attempt >= self.retry.attempts or time.monotonic() + wait > deadline:
-                    raise UploadError(f"giving up after {attempt} attempts in "
-                                      f"{time.monotonic() - deadline + self.retry.budget_s:.0f} s "
-                                      f"at offset {w.offset}: {exc}") from exc
+                    raise NetworkError(f"giving up after {attempt} attempts in "
+                                       f"{time.monotonic() - deadline + self.retry.budget_s:.0f} s "
+                                       f"at offset {w.offset}: {exc}") from exc
                 with self._lock:
                     self.stats.retries += 1
                 if self._stop.wait(wait):

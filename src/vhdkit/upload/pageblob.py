@@ -29,7 +29,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobType, ContentSettings
 
-from ..errors import UploadError
+from ..errors import AuthenticationError, NetworkError, UploadError
 from ..extents import Extent, merge
 from ..secrets import install_log_redaction, redact
 from ..secrets import register as register_secrets
@@ -150,7 +150,8 @@ class _DiskScope:
 
 
 class PageBlob:
-    """One page blob, through a connection pool sized for the writers."""
+    """One page blob, through a connection pool sized for the writers; a context manager
+    (``with PageBlob(target) as blob:``) that closes the pool."""
 
     def __init__(self, target: Target, concurrency: int = 8,
                  retry: RetryPolicy | None = None) -> None:
@@ -235,14 +236,16 @@ class PageBlob:
         where = f"{action} {self.name}"
         if isinstance(exc, ClientAuthenticationError) and exc.response is None:
             # Raised by a credential, not the service: its own message says what to fix.
-            return UploadError(self._clean(f"{where}: Entra ID sign-in failed: "
-                                           f"{exc.message or exc}"))
+            return AuthenticationError(self._clean(f"{where}: Entra ID sign-in failed: "
+                                                   f"{exc.message or exc}"))
         if isinstance(exc, HttpResponseError):
             status = exc.status_code or 0
             code = _error_code(exc)
             text = f"{where}: HTTP {status} {code}".rstrip()
-            if status == 403:
-                text += " (access denied: check the account key, or the SAS expiry and permissions)"
+            if status in (401, 403):  # exit 3: the credentials, not the input
+                return _status(AuthenticationError(self._clean(
+                    f"{text} (access denied: check the account key, or the SAS expiry and "
+                    "permissions)")), status)
             elif code == "ContainerNotFound":
                 text = f"{where}: container {self.client.container_name!r} does not exist"
                 if not self.target.is_sas:
@@ -261,6 +264,8 @@ class PageBlob:
             return _status(UploadError(self._clean(text)), status)
         if isinstance(exc, ServiceRequestError | ServiceResponseError):
             return TransientError(self._clean(f"{where}: {type(exc).__name__}: {exc}"))
+        if isinstance(exc, requests.ConnectionError | requests.Timeout):
+            return NetworkError(self._clean(f"{where}: {exc}"))
         if isinstance(exc, AzureError | requests.RequestException | OSError | ValueError):
             return UploadError(self._clean(f"{where}: {exc}"))
         raise exc
@@ -491,3 +496,9 @@ class PageBlob:
 
     def close(self) -> None:
         self.client.close()
+
+    def __enter__(self) -> PageBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from ..errors import UploadError, UsageError
+from ..errors import NetworkError, UploadError, UsageError
 from ..extents import Extent
 
 MIB = 1024 * 1024
@@ -34,7 +34,7 @@ class Write(NamedTuple):
         return Extent(self.offset, len(self.data))
 
 
-class TransientError(UploadError):
+class TransientError(NetworkError):
     """A failure worth retrying: timeout, connection reset, 500, 503 ServerBusy, 429.
     ``throttled``: the service asked to slow down (503 ServerBusy, 500 OperationTimedOut, 429),
     so the engine lowers its concurrency, not only waits."""

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..azure_view import AzureView
-from ..errors import UploadError
+from ..errors import AuthenticationError, NetworkError, UploadError
 from ..extents import Extent
 from .engine import BLOB_REQUEST_RATE, DEFAULT_CONCURRENCY, Engine, EngineStats, RetryPolicy
 from .fingerprint import first_mismatch
@@ -308,8 +308,12 @@ def _upload(view: AzureView, blob: PageBlob | None, opts: UploadOptions,
             if isinstance(exc, WriterConflict):
                 raise UploadError(f"{exc}; this upload stopped after {engine.stats.sent} "
                                   "bytes") from exc
-            raise UploadError(f"{exc}; {engine.stats.sent} bytes were written: rerun {again} "
-                              "to send the rest") from exc
+            # the same class, so that callers (and the CLI's exit code 3) still see a network
+            # or authentication failure as one
+            cls = (AuthenticationError if isinstance(exc, AuthenticationError) else
+                   NetworkError if isinstance(exc, NetworkError) else UploadError)
+            raise cls(f"{exc}; {engine.stats.sent} bytes were written: rerun {again} "
+                      "to send the rest") from exc
         sent = es.sent
     result = UploadResult(
         destination=blob.name if blob is not None else "", mode=mode,
