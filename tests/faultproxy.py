@@ -46,6 +46,7 @@ class Faults:
     scope: str = "put_page"
     seed: int = 1234
     refuse_leases: bool = False  # every lease request gets 403, as where leases are unavailable
+    delay_lease_s: float = 0.0  # every lease acquisition waits this long before it is forwarded
 
 
 @dataclass
@@ -247,6 +248,9 @@ class FaultProxy:
                     return
                 if fault == "delay":
                     time.sleep(proxy.faults.delay_s)
+                if (proxy.faults.delay_lease_s and "comp=lease" in self.path
+                        and self.headers.get("x-ms-lease-action", "").lower() == "acquire"):
+                    time.sleep(proxy.faults.delay_lease_s)
                 status, headers, payload = self._forward(req)
                 if is_pp and status == 201:
                     self._count_put_page(len(body))

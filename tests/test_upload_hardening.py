@@ -121,25 +121,55 @@ def _upload_thread(url: str, container: str, blob: str, src: Path, barrier: thre
 
 def test_racing_uploads_of_two_sources_many_times(sources: dict[str, Path], azurite_url: str,
                                                   container: ContainerClient) -> None:
+    """Every Put Page is delayed (each upload lasts seconds), so the two uploads overlap even
+    on a loaded machine: two that succeed one after the other would be no race at all."""
     want = {name: stream(sources[name]) for name in ("a", "b")}
+    slow = Faults(delay=1.0, delay_s=0.15)
     for trial in range(4):
         blob = f"race{trial}.vhd"
         if trial % 2:  # half the trials race over an existing blob, half over a new name
             container.get_blob_client(blob).create_page_blob(SIZE + 512)
         barrier = threading.Barrier(2)
         outcome: dict[str, str] = {}
-        threads = [threading.Thread(target=_upload_thread,
-                                    args=(azurite_url, container.container_name, blob,
-                                          sources[n], barrier, outcome)) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with FaultProxy(azurite_url, slow) as proxy:
+            threads = [threading.Thread(target=_upload_thread,
+                                        args=(proxy.url, container.container_name, blob,
+                                              sources[n], barrier, outcome))
+                       for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         winners = [n for n, o in outcome.items() if o == "ok"]
         assert len(winners) == 1, outcome  # never both; the loser waits out a brief lease
         for o in outcome.values():
             assert o == "ok" or "another upload" in o, outcome
         assert download(container, blob) == want[winners[0].split(".")[0]]
+
+
+def test_a_blob_replaced_between_create_and_lease_is_not_written_over(
+        sources: dict[str, Path], azurite_url: str, container: ContainerClient) -> None:
+    """Creating a blob and leasing it are two requests. Upload A creates the new blob, but its
+    lease request is held back; meanwhile upload B (--overwrite) leases and replaces the blob and
+    writes it. A, leased at last, finds another source recorded and stops: it never writes its
+    pages over B's."""
+    blob = container.get_blob_client("between.vhd")
+    outcome: dict[str, str] = {}
+    with FaultProxy(azurite_url, Faults(delay_lease_s=3.0)) as proxy:
+        a = threading.Thread(target=_upload_thread,
+                             args=(proxy.url, container.container_name, "between.vhd",
+                                   sources["a"], threading.Barrier(1), outcome))
+        a.start()
+        deadline = time.monotonic() + 30
+        while not blob.exists():
+            assert time.monotonic() < deadline, "upload A never created the blob"
+            time.sleep(0.01)
+        code, _, err = vhdkit(*emulator_args(sources["b"], azurite_url, container,
+                                             "between.vhd"), "--overwrite")
+        a.join()
+    assert code == 0, err
+    assert "another upload created or replaced this blob" in outcome["a.raw"], outcome
+    assert download(container, "between.vhd") == stream(sources["b"])
 
 
 def test_without_leases_a_sequence_number_keeps_one_writer(

@@ -159,21 +159,22 @@ def _decide(view: AzureView, blob: PageBlob, opts: UploadOptions, warnings: list
 
 
 def _create_new(blob: PageBlob, stream: int, info: SourceInfo, lock: WriterLock | None) -> None:
-    """Create the blob only if no other upload did meanwhile, then lease it."""
-    try:
+    """Create the blob only if no other upload did meanwhile, then lease it.
+
+    Creating and leasing are two requests: between them another upload (with --overwrite) may
+    lease the new blob and replace it. So once leased, the blob must still record this source
+    and be of this size, else this upload is the loser; it must not write over another's pages.
+    """
+    with contextlib.suppress(BlobExists):  # checked below, under the lease
         blob.create(stream, to_metadata(info), exclusive=True)
-    except BlobExists:
-        # Another upload created it meanwhile (or a retried create of ours succeeded the first
-        # time): ours only if it records this source.
-        if lock is not None:
-            lock.acquire(wait=True)
-        again = blob.state()
-        recorded = None if again is None else from_metadata(again.metadata)
-        if recorded is None or mismatch(recorded, info) is not None:
-            raise WriterConflict(f"{blob.name}: another upload created this blob at the same "
-                                 "time and is writing it") from None
     if lock is not None:
         lock.acquire(wait=True)
+    again = blob.state()
+    recorded = None if again is None else from_metadata(again.metadata)
+    if (again is None or again.size != stream or recorded is None
+            or mismatch(recorded, info) is not None):
+        raise WriterConflict(f"{blob.name}: another upload created or replaced this blob at "
+                             "the same time and is writing it")
 
 
 def _refuse_foreign(view: AzureView, blob: PageBlob, ranges: list[Extent],
