@@ -11,7 +11,16 @@ from ..outputs import disk_files
 from ..preflight.engine import preflight_path
 from ..report import render_json, render_junit, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_path, run, write_text
+from ._common import (
+    EXIT_NOT_READY,
+    EXIT_OK,
+    disk_option,
+    emit,
+    format_option,
+    refuse_report_path,
+    run,
+    write_text,
+)
 
 
 @main.command()
@@ -20,19 +29,20 @@ from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, refuse_report_p
               default="generalized", show_default=True,
               help="generalized: an image for many VMs; specialized: one VM's own disk.")
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
+@format_option()
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
 @click.option("--junit", type=click.Path(dir_okay=False, writable=True),
               help="Write a JUnit XML file: one test case per rule, errors as failures.")
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
 @disk_option
 def preflight(disk: str, expect: str, parent: str | None, as_json: bool, junit: str | None,
-              verbose: bool, member: int | None) -> None:
+              verbose: bool, member: int | None, fmt: str | None) -> None:
     """Read DISK offline and check the OS is generalized and Azure-ready.
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
     refuse_report_path(junit, disk, parent)
-    report = run(lambda: preflight_path(disk, parent, expect, member=member))
+    report = run(lambda: preflight_path(disk, parent, expect, member=member, format=fmt))
     if junit:
         xml = render_junit(report, suite="vhdkit.preflight")
         write_text(junit, xml, disk_files(disk, parent))

@@ -26,7 +26,7 @@ from ..upload import (
 from ..upload.types import Target, sas_blob_url
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, disk_option, emit, fail, run
+from ._common import EXIT_NOT_READY, disk_option, emit, fail, format_option, run
 from ._dest import destination_options, quiet_sdk_logs
 from ._managed import ManagedCli, managed_disk_options, render_managed, run_managed, to_json
 
@@ -111,6 +111,7 @@ class _Bar:
 @main.command("upload")
 @click.argument("disk", type=click.Path(dir_okay=False))
 @click.option("--parent", type=click.Path(dir_okay=False), help="Parent of a differencing disk.")
+@format_option()
 @destination_options()
 @click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY,
               show_default=True, help="Concurrent Put Page requests.")
@@ -147,7 +148,8 @@ class _Bar:
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
 @managed_disk_options()
 @disk_option
-def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
+def upload_command(disk: str, parent: str | None, fmt: str | None, dest: Target,
+                   concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
                    retries: int, retry_wait: float, retry_budget: float,
@@ -177,7 +179,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
         doc = run(lambda: run_managed(disk, parent, managed, opts, expect=expect,
                                       skip_preflight=skip_preflight, quiet=quiet, gate=_gate,
                                       progress=lambda n: _Bar(n, enabled=not quiet),
-                                      member=member))
+                                      member=member, fmt=fmt))
         emit(to_json(doc) if as_json else render_managed(doc))
         return
     where = run(lambda: dest.resolve(required=not dry_run))
@@ -198,7 +200,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     gate: list[Report] = []
 
     def go() -> UploadResult:
-        with open_disk(disk, parent, disk=member) as vdisk:
+        with open_disk(disk, parent, disk=member, format=fmt) as vdisk:
             view = AzureView.of(vdisk)
             if view.resized:
                 if no_resize:

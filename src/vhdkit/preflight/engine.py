@@ -29,10 +29,10 @@ class Opened:
 
 
 def preflight_path(path: str, parent: str | None = None, expect: str = "generalized", *,
-                   member: int | None = None) -> Report:
-    """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA) and
-    run :func:`preflight` on it."""
-    with open_disk(path, parent, disk=member) as disk:
+                   member: int | None = None, format: str | None = None) -> Report:
+    """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA;
+    ``format`` forces a reader) and run :func:`preflight_disk` on it."""
+    with open_disk(path, parent, disk=member, format=format) as disk:
         return preflight_disk(disk, expect)
 
 
