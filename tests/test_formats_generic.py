@@ -55,14 +55,16 @@ def test_vdi_is_included() -> None:
     assert {"vdi-dynamic", "vdi-static"} <= set(IDS)
 
 
-@pytest.mark.parametrize("fmt", [f for f in disk_formats.NON_VHD_FORMATS if not f.included],
-                         ids=disk_formats.not_included())
-def test_formats_not_read_yet_are_refused_by_name(work: Path, fmt: NonVhdFormat) -> None:
-    path = fmt.build(work / "source.raw", work)
-    with pytest.raises(UnsupportedDisk, match="which vhdkit does not read"):
-        open_disk(path)
-    code, out, err = vhdkit("inspect", str(path))
-    assert code == 2 and out == "" and len(err.splitlines()) == 1
+def test_formats_not_read_yet_are_refused_by_name(work: Path) -> None:
+    # a registry entry whose reader is not on this branch must be refused, never read as raw
+    for fmt in disk_formats.NON_VHD_FORMATS:
+        if fmt.included:
+            continue
+        path = fmt.build(work / "source.raw", work)
+        with pytest.raises(UnsupportedDisk, match="which vhdkit does not read"):
+            open_disk(path)
+        code, out, err = vhdkit("inspect", str(path))
+        assert code == 2 and out == "" and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("fmt", INCLUDED, ids=IDS)

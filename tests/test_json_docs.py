@@ -30,6 +30,11 @@ def documented(section: str) -> set[str]:
     return set(re.findall(r"^\| `([a-z0-9_.]+)` \|", text, flags=re.M))
 
 
+def ova_only(section: str) -> set[str]:
+    text = DOC.read_text().split(f"## `vhdkit {section}")[1].split("\n## ")[0]
+    return set(re.findall(r"^\| `([a-z0-9_.]+)` \| [^|]+ \| OVA:", text, flags=re.M))
+
+
 def test_inspect_json_keys_are_documented(tmp_path: Path) -> None:
     base = build_dynamic(tmp_path / "base.vhd", 4 * MIB, 512 * KIB, {0: (None, b"x")})
     child = build_dynamic(tmp_path / "child.vhd", 4 * MIB, 512 * KIB, {1: (None, b"y")},
@@ -50,7 +55,8 @@ def test_inspect_json_keys_are_documented(tmp_path: Path) -> None:
         found = keys(json.loads(out))
         assert found <= documented("inspect"), (path.name, found - documented("inspect"))
         seen |= found
-    assert seen == documented("inspect")
+    # OVA-only keys come from an OVA (tests/test_vmdk*.py); every other documented key is seen
+    assert seen | ova_only("inspect") == documented("inspect")
 
 
 def test_check_json_keys_are_documented(tmp_path: Path) -> None:
