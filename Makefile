@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 # Debian packages the tests and demo use (Python venv support and Node.js/npm are checked too).
-APT_PACKAGES := qemu-utils ntfs-3g e2fsprogs xfsprogs dosfstools btrfs-progs apfsprogs lzop fdisk mtools file
+APT_PACKAGES := qemu-utils ntfs-3g e2fsprogs xfsprogs dosfstools btrfs-progs apfsprogs lzop fdisk mtools file syslinux-common p7zip-full
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -13,8 +13,9 @@ import jsonschema
 import pytest
 
 from cli_helpers import vhdkit
-from fixtures import linux_disks
+from fixtures import disk_formats, linux_disks, vdi_images
 from fixtures.vhdbuild import KIB, MIB, build_dynamic, build_fixed
+from fixtures.vmdk_images import make_ova, ovf
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "JSON.md"
 TYPES = {"int": "integer", "number": "number", "string": "string", "bool": "boolean",
@@ -114,11 +115,26 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "linux": linux_disks.build("not-generalized", d), "dir": d}
 
 
+def other_formats(raw: Path, d: Path) -> list[list[str]]:
+    """inspect arguments for a disk of every other format vhdkit reads (each adds its
+    ``details``): the registry's qemu-img images, a differencing VDI, an OVA of two disks."""
+    samples = [[str(f.build(raw, d))] for f in disk_formats.included()]
+    (d / "vdi").mkdir()
+    snap, snap_parent, _ = vdi_images.differencing(d / "vdi")  # details.parent_uuid
+    samples.append(["--parent", str(snap_parent), str(snap)])
+    vmdk = next(Path(s[0]) for s in samples if s[0].endswith("streamOptimized.vmdk"))
+    ova = make_ova(d / "two.ova", [("two.ovf", ovf([("a.vmdk", 2 * MIB), ("b.vmdk", 2 * MIB)])
+                                    .encode()), ("a.vmdk", vmdk), ("b.vmdk", vmdk)])
+    samples.append(["--disk", "2", str(ova)])
+    return samples
+
+
 def test_inspect_check_preflight_convert_documents(disks: dict[str, Path]) -> None:
     c = Checked()
-    for name in ("child", "raw", "fixed"):
-        code, out, err = vhdkit("inspect", "--json", str(disks[name]))
-        assert code == 0, err
+    args = [[str(disks[name])] for name in ("child", "raw", "fixed")]
+    for arg in args + other_formats(disks["raw"], disks["dir"]):
+        code, out, err = vhdkit("inspect", "--json", *arg)
+        assert code == 0, (arg, err)
         c.validate("vhdkit inspect --json DISK", out)
     c.all_keys_seen("vhdkit inspect --json DISK")
 

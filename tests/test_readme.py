@@ -4,6 +4,7 @@ public API list in the README is exactly ``vhdkit.__all__``."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import subprocess
@@ -87,6 +88,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, azurite_url: str,
     for name, disk in (("generalized-gpt", "disk.vhd"), ("not-generalized", "vm.vhd")):
         raw = linux_disks.build(name, work)
         qemu.convert(raw, "raw", work / disk, "vpc")  # qemu's default: CHS-rounded, dynamic
+        if disk == "disk.vhd":  # the Formats section: a VDI, and a disk that was gzipped
+            qemu.convert(raw, "raw", work / "disk.vdi", "vdi")
+            (work / "disk.raw.gz").write_bytes(gzip.compress(raw.read_bytes()))
         raw.unlink()
     # The OVA example: two streamOptimized disks (VMware's export layout) made by qemu-img.
     stream = qemu.convert(work / "disk.vhd", "vpc", work / "disk1.vmdk", "vmdk",

@@ -11,6 +11,7 @@ from .azure_view import AZURE_MAX_SIZE, AZURE_MIN_SIZE, MIB, AzureView, round_up
 from .errors import FormatError, ParentNotFound
 from .formats import DynamicVhdDisk, VirtualDisk, detect_format, open_disk
 from .formats.base import file_size
+from .formats.detect import BY_KEY
 from .formats.vhd_alone import open_child_alone
 from .formats.vhd_image import VhdImage
 from .formats.vhd_structs import QEMU_TRUSTS_CURRENT_SIZE, DiskType, chs_geometry
@@ -80,9 +81,11 @@ def converted_name(path: str) -> str:
 class _Judge:
     """Collects findings; rules not reported as failed are recorded as passed at the end."""
 
-    def __init__(self, path: str, member: int | None = None) -> None:
+    def __init__(self, path: str, member: int | None = None, options: str = "") -> None:
         self.path = path
         self.member = member
+        #: what the source needed to be opened (--parent, --format), repeated in every fix
+        self.options = options
         self.report = Report(subject=path)
         self.failed: set[str] = set()
         self.skipped: set[str] = set()
@@ -130,35 +133,45 @@ class _Judge:
     @property
     def convert_fix(self) -> str:
         pick = f" --disk {self.member}" if self.member is not None else ""
-        return f"vhdkit convert {_q(self.path)} {_q(converted_name(self.path))}{pick}"
+        return (f"vhdkit convert {self.options}{_q(self.path)} "
+                f"{_q(converted_name(self.path))}{pick}")
 
 
 def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
-               parent: str | os.PathLike[str] | None = None, member: int | None = None
-               ) -> Report:
-    """Judge a disk image file for Azure. Raises only when the file cannot be read at all."""
+               parent: str | os.PathLike[str] | None = None, member: int | None = None,
+               format: str | None = None) -> Report:
+    """Judge a disk image file for Azure. Raises only when the file cannot be read at all (or
+    is a container vhdkit refuses). ``format`` forces a reader, as ``open_disk`` does."""
     path = os.fspath(path)
-    fmt = detect_format_lenient(path)
+    fmt = detect_format_lenient(path) if format is None else format
     size = file_size(path)  # the sizing of every command: block devices too
     if size < 512:
         # Too small to hold any disk: unreadable (exit 2), not a list of findings.
         problem = "empty file (0 bytes)" if size == 0 else f"truncated: only {size} bytes"
         raise FormatError("file", 0, problem)
-    j = _Judge(path, member)
+    options = "".join(f"{flag} {_q(os.fspath(value))} " for flag, value in
+                      (("--parent", parent), ("--format", format)) if value is not None)
+    j = _Judge(path, member, options)
     rules = list(RULES)
     if os_disk:
         rules.append("azure.os-disk-size")
     disk: VirtualDisk | None = None
     try:
-        disk = open_disk(path, parent, strict=False, disk=member)
+        disk = open_disk(path, parent, strict=False, disk=member, format=format)
     except ParentNotFound as exc:
         j.fail("vhd.parent", "error", str(exc), fix="give the parent with --parent PATH")
-        disk = _child_alone(j, path)
-        if disk is None:  # only a differencing VHD has a parent; nothing else can be judged
+        disk = _child_alone(j, path) if fmt == "vhd" else None
+        if disk is None and fmt != "vhd":  # a differencing VDI, VMDK, qcow2: not a VHD either
+            sig = BY_KEY.get(fmt)
+            j.fail("format", "error", f"not a VHD: a differencing {sig.label if sig else fmt} "
+                   "image; Azure accepts only the VHD format",
+                   fix=j.convert_fix + " --parent PATH")
+        elif disk is None:  # only a differencing VHD has a parent; nothing else can be judged
             j.fail("vhd.type", "error", "differencing VHD: Azure accepts only fixed VHDs",
                    fix=j.convert_fix + " --parent PATH")
     except FormatError as exc:
-        rule = rule_for(exc)
+        # the VHD rules name VHD structures; any other container's damage is a format finding
+        rule = rule_for(exc) if fmt == "vhd" else "format"
         j.fail(rule, "error", f"{exc.field} at offset {exc.offset}: {exc.problem}",
                evidence=f"{exc.field} @ {exc.offset}",
                fix=DAMAGED)
@@ -175,7 +188,8 @@ def check_path(path: str | os.PathLike[str], *, os_disk: bool = False,
         j.report.facts.update({"format": fmt, "kind": disk.kind, "virtual_size": disk.size,
                                "file_size": file_size(path),
                                "azure_size": round_up_mib(disk.size)})
-        image: VhdImage | None = getattr(disk, "image", None)
+        found = getattr(disk, "image", None)  # other readers may name an attribute "image" too
+        image = found if isinstance(found, VhdImage) else None
         _format_rule(j, disk, image)
         _qcow2_rules(j, disk)
         if image is not None:
@@ -207,9 +221,18 @@ def _format_rule(j: _Judge, disk: VirtualDisk, image: VhdImage | None) -> None:
     if disk.kind == "vhdx":
         j.fail("format", "error", "VHDX image: Azure accepts only the VHD format",
                evidence="signature 'vhdxfile' at offset 0", fix=j.convert_fix)
-    elif image is None:
+    elif image is None and disk.kind == "raw":
         j.fail("format", "error", "raw image (no VHD footer): Azure needs a fixed VHD",
                evidence="no 'conectix' footer in the last 512 bytes", fix=j.convert_fix)
+    elif image is None:
+        facts = disk.facts()
+        name = str(facts.get("format", disk.kind))
+        sig = BY_KEY.get(name)
+        label = sig.label if sig is not None else name
+        sub = f" ({facts['subformat']})" if facts.get("subformat") else ""
+        j.fail("format", "error", f"not a VHD: a {label}{sub} image; Azure accepts only the VHD "
+               "format (vhdkit convert writes it as a fixed VHD)",
+               evidence=f"read as {name}{sub} by vhdkit's {name} reader", fix=j.convert_fix)
 
 
 def _qcow2_rules(j: _Judge, disk: VirtualDisk) -> None:

@@ -143,10 +143,11 @@ def _check_space(directory: str, needed: int) -> None:
 
 
 def _open_source(src: VirtualDisk | str | os.PathLike[str], parent: str | os.PathLike[str] | None,
-                 member: int | None = None) -> tuple[VirtualDisk, bool]:
+                 member: int | None = None, fmt: str | None = None,
+                 ) -> tuple[VirtualDisk, bool]:
     if isinstance(src, VirtualDisk):
         return src, False
-    return open_disk(src, parent, disk=member), True
+    return open_disk(src, parent, disk=member, format=fmt), True
 
 
 def convert_disk(
@@ -160,6 +161,7 @@ def convert_disk(
     progress: Progress | None = None,
     chunk: int = CHUNK,
     member: int | None = None,
+    format: str | None = None,
 ) -> ConvertResult:
     """Write ``src`` (a path or an open VirtualDisk) to ``dst`` as an Azure-ready fixed VHD.
 
@@ -167,11 +169,12 @@ def convert_disk(
     rounded up to a whole MiB. With ``verify`` the written file is re-read as a disk and its data
     digest compared with the source's before it is renamed into place, and the readiness rules
     of ``check`` are run on the result (``result.report``). ``member`` picks a disk of an OVA
-    holding several (1 is the first).
+    holding several (1 is the first). ``format`` forces the reader of a ``src`` path, as
+    ``open_disk`` does.
     """
     started = time.monotonic()
     dst = os.fspath(dst)
-    disk, owned = _open_source(src, parent, member)
+    disk, owned = _open_source(src, parent, member, format)
     try:
         view = AzureView.of(disk, size)
         _refuse_destination(disk, dst, force)

@@ -82,20 +82,50 @@ def _dynamic_facts(disk: DynamicVhdDisk, parent_error: str | None = None) -> dic
     return out
 
 
+#: keys of ``VirtualDisk.facts()`` shown at the top level rather than under ``details``
+_TOP = ("format", "subformat", "allocated_bytes")
+
+
+def allocated_bytes(disk: VirtualDisk, facts: dict[str, Any] | None = None) -> int:
+    """Bytes this file itself allocates for data (its own blocks, clusters or grains; for raw
+    and fixed images, the ranges that are not holes)."""
+    f = disk.facts() if facts is None else facts
+    value = f.get("allocated_bytes")
+    return int(value) if isinstance(value, int) else total(disk.extents())
+
+
+def chain_facts(disk: VirtualDisk) -> list[dict[str, Any]]:
+    """The disk and every disk it reads from, child first."""
+    out = []
+    for member in disk.chain():
+        f = member.facts()
+        out.append({"path": member.path, "format": f.get("format", member.kind),
+                    "subformat": f.get("subformat"), "virtual_size": member.size,
+                    "allocated_bytes": allocated_bytes(member, f)})
+    return out
+
+
 def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, Any]:
-    """Facts about an opened disk (``parent_error``: why a differencing disk has no parent)."""
-    image: VhdImage | None = getattr(disk, "image", None)
+    """Facts about an opened disk, whatever its container (``parent_error``: why a differencing
+    disk has no parent)."""
+    found = getattr(disk, "image", None)  # other readers may name an attribute "image" too
+    image = found if isinstance(found, VhdImage) else None
+    own = disk.facts()
     # a reader's own facts name its container (vmdk, ova, ...); VHDs are told by their image
-    fmt = "vhd" if image is not None else str(disk.facts().get("format") or disk.kind)
+    fmt = "vhd" if image is not None else str(own.get("format") or disk.kind)
     size_of_file = file_size(disk.path)
     out: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "path": disk.path,
         "format": fmt,
-        "disk_type": disk.kind.removeprefix("vhd-") if fmt == "vhd" else None,
+        "subformat": own.get("subformat"),
+        "disk_type": disk.kind.removeprefix("vhd-") if image is not None else None,
         "virtual_size": disk.size,
         "file_size": size_of_file,
         "data_bytes": total(disk.extents()),
+        "allocated_bytes": allocated_bytes(disk, own),
+        "details": {k: v for k, v in own.items() if k not in _TOP},
+        "chain": chain_facts(disk),
     }
     if image is not None:
         out["footer"] = footer_facts(image.footer)
@@ -112,15 +142,16 @@ def describe(disk: VirtualDisk, parent_error: str | None = None) -> dict[str, An
 
 
 def inspect_path(path: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None,
-                 *, member: int | None = None) -> dict[str, Any]:
+                 *, member: int | None = None, format: str | None = None) -> dict[str, Any]:
     """Open ``path`` (strictly: a malformed image raises FormatError) and describe it;
-    ``member`` picks a disk of an OVA holding several.
+    ``member`` picks a disk of an OVA holding several; ``format`` forces a reader, as
+    ``open_disk`` does.
 
     A differencing VHD whose parent is missing is still described from its own metadata
     (footer, header, locators), with the reason in ``dynamic.parent.error``.
     """
     try:
-        disk = open_disk(path, parent, disk=member)
+        disk = open_disk(path, parent, disk=member, format=format)
     except ParentNotFound as exc:
         alone = open_child_alone(os.fspath(path)) if parent is None else None
         if alone is None:

@@ -48,6 +48,8 @@ class BenchConfig:
     repeat: int = 1
     keep: bool = False
     seed: int = 0
+    #: forces the reader of ``disk`` (``open_disk(format=...)``); None detects it
+    disk_format: str | None = None
 
     def __post_init__(self) -> None:
         for shape in self.shapes:
@@ -135,7 +137,7 @@ def short_size(n: int) -> str:
 def open_shape(config: BenchConfig, shape: str) -> Iterator[VirtualDisk]:
     if shape == "disk":
         assert config.disk is not None
-        with open_disk(config.disk) as disk:
+        with open_disk(config.disk, format=config.disk_format) as disk:
             yield disk
         return
     yield SyntheticDisk(config.size, shape, config.fraction, config.run_lengths, config.seed)

@@ -103,3 +103,12 @@ def refuse_report_path(path: str | None, disk: str, parent: str | None) -> None:
         from ..outputs import disk_files, refuse_output
 
         run(lambda: refuse_output(path, disk_files(disk, parent), "report"))
+
+
+def format_option(help_text: str = "Read DISK as this format instead of detecting it ('raw' "
+                  "reads any file as it is).") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``--format``: force a reader (the keys of ``formats.opener.READERS``)."""
+    from ..formats.opener import READERS
+
+    return click.option("--format", "fmt", type=click.Choice(sorted(READERS)), default=None,
+                        help=help_text)

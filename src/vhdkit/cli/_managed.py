@@ -139,9 +139,10 @@ def to_json(doc: dict[str, Any]) -> str:
 def run_managed(disk: str, parent: str | None, managed: ManagedCli, opts: Any, *,
                 expect: str, skip_preflight: bool, quiet: bool,
                 gate: Callable[[Any, bool, str], Any],
-                progress: Callable[[int], Any], member: int | None = None) -> dict[str, Any]:
+                progress: Callable[[int], Any], member: int | None = None,
+                fmt: str | None = None) -> dict[str, Any]:
     """Gate, then create/grant/upload/revoke; returns the JSON document of the result.
-    ``member`` picks a disk of an OVA holding several."""
+    ``member`` picks a disk of an OVA holding several; ``fmt`` forces a reader."""
     from dataclasses import replace
 
     from ..azure_mgmt import Compute, default_credential
@@ -152,7 +153,7 @@ def run_managed(disk: str, parent: str | None, managed: ManagedCli, opts: Any, *
     from ..upload.types import Target
     from ..upload.uploader import upload_view
 
-    with open_disk(disk, parent, disk=member) as vdisk:
+    with open_disk(disk, parent, disk=member, format=fmt) as vdisk:
         view = AzureView.of(vdisk)
         report = gate(view, skip_preflight, expect)  # exits 1 before anything is created
         api = Compute(default_credential(), managed.subscription, endpoint=managed.arm_endpoint)

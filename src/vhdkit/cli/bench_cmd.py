@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from ..bench.runner import BenchConfig, BenchResult, BenchRun, run_bench, short_size
 from ..bench.synthetic import parse_run_lengths
 from ..errors import UsageError
+from ..formats import open_disk
 from ..sizes import parse_size
 from ..upload import DEFAULT_MERGE_GAP, Progress
 from ..upload.types import Target
 from . import main
-from ._common import emit, json_doc, run
+from ._common import emit, format_option, json_doc, run
 from ._dest import destination_options, quiet_sdk_logs
 from .progress import ProgressDisplay, interval_option
 
@@ -122,6 +125,8 @@ def _progress(r: BenchRun) -> None:
               help="Lengths of a sparse disk's data runs (log-uniform).")
 @click.option("--disk", type=click.Path(dir_okay=False), help="A real disk image (any format "
               "vhdkit reads) for --shape disk.")
+@format_option("Read --disk as this format instead of detecting it ('raw' reads any file "
+               "as it is).")
 @click.option("--concurrency", default="1,4,8", show_default=True, metavar="N,N,...",
               help="Concurrent Put Page requests to sweep.")
 @click.option("--max-write", default="4M", show_default=True, metavar="SIZE,SIZE,...",
@@ -138,9 +143,10 @@ def _progress(r: BenchRun) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no line per run on stderr.")
 @interval_option
 def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: str,
-                  run_lengths: str, disk: str | None, concurrency: str, max_write: str,
-                  merge_gap: str, repeat: str, seed: int, as_json: bool, plot_path: str | None,
-                  keep: bool, quiet: bool, progress_interval: float) -> None:
+                  run_lengths: str, disk: str | None, fmt: str | None, concurrency: str,
+                  max_write: str, merge_gap: str, repeat: str, seed: int, as_json: bool,
+                  plot_path: str | None, keep: bool, quiet: bool,
+                  progress_interval: float) -> None:
     """Measure upload speed for disk-shaped data.
 
     Uploads synthetic disks generated on the fly (or a real one) to fresh blobs
@@ -163,6 +169,9 @@ def bench_command(dest: Target, size: str, shapes: tuple[str, ...], fraction: st
                              "--shape disk measures the --disk image at its own size")
         config = _config(size, shapes, fraction, run_lengths, disk, concurrency, max_write,
                          merge_gap, repeat, keep, seed)
+        config = replace(config, disk_format=fmt)
+        if config.disk is not None:  # a refused or damaged disk fails before anything is sent
+            open_disk(config.disk, format=fmt).close()
         where = dest.resolve(required=True)
         assert where is not None
         if where.sas_url is None and not where.container:

@@ -11,7 +11,7 @@ from ..errors import UsageError, VhdkitError
 from ..report import render_text
 from ..sizes import parse_size
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, json_doc, run
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, format_option, json_doc, run
 from .progress import PhaseProgress, interval_option
 
 
@@ -69,6 +69,8 @@ def render(r: ConvertResult) -> str:
 @click.option("--verify", is_flag=True,
               help="Re-read the output, compare its data digest with the source, run check.")
 @click.option("--parent", type=click.Path(), help="Parent of a differencing SRC.")
+@format_option("Read SRC as this format instead of detecting it ('raw' reads any file as "
+               "it is).")
 @click.option("--in-place", "in_place", is_flag=True,
               help="Grow the fixed VHD SRC to a whole MiB (or --size) without copying.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON.")
@@ -77,8 +79,8 @@ def render(r: ConvertResult) -> str:
 @disk_option
 def convert_command(src: str, dst: str | None, size: int | None, force: bool, verify: bool,
                     parent: str | None, in_place: bool, as_json: bool, quiet: bool,
-                    progress_interval: float, member: int | None) -> None:
-    """Write SRC (raw, VHD fixed/dynamic/differencing, VHDX) to DST as a fixed VHD Azure accepts.
+                    progress_interval: float, member: int | None, fmt: str | None) -> None:
+    """Write SRC (any format vhdkit reads) to DST as a fixed VHD Azure accepts.
 
     \b
     vhdkit convert disk.vhdx disk.vhd
@@ -91,13 +93,14 @@ def convert_command(src: str, dst: str | None, size: int | None, force: bool, ve
         if in_place:
             if dst is not None:
                 raise UsageError("--in-place takes one DISK and no DST")
-            if parent or force or verify:
-                raise UsageError("--in-place does not take --parent, --force or --verify")
+            if parent or force or verify or fmt:
+                raise UsageError("--in-place does not take --parent, --format, --force or "
+                                 "--verify")
             return convert_in_place(src, size)
         if dst is None:
             raise UsageError("missing DST: vhdkit convert SRC DST (or --in-place DISK)")
         return convert_disk(src, dst, size, force=force, verify=verify, parent=parent,
-                            progress=bars, member=member)
+                            progress=bars, member=member, format=fmt)
 
     try:
         result = run(work, src)

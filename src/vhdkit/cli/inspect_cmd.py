@@ -9,7 +9,7 @@ import click
 
 from ..facts import inspect_path
 from . import main
-from ._common import disk_option, emit, fail, run
+from ._common import disk_option, emit, fail, format_option, run
 
 
 def _size(n: int) -> str:
@@ -22,10 +22,27 @@ def _size(n: int) -> str:
 def render(facts: dict[str, Any]) -> str:
     lines = [f"{facts['path']}",
              f"  format:        {facts['format']}"
-             + (f" ({facts['disk_type']})" if facts.get("disk_type") else ""),
+             + (f" ({facts['subformat']})" if facts.get("subformat") else ""),
              f"  virtual size:  {_size(facts['virtual_size'])}",
              f"  file size:     {_size(facts['file_size'])}",
-             f"  data:          {_size(facts['data_bytes'])} may hold data"]
+             f"  data:          {_size(facts['data_bytes'])} may hold data",
+             f"  allocated:     {_size(facts['allocated_bytes'])} in this file"]
+    for key, value in facts.get("details", {}).items():
+        name = key.replace("_", " ") + ":"
+        if isinstance(value, list):  # e.g. qcow2 snapshots: one line each
+            lines.append(f"  {name:<14} {len(value)}")
+            lines += ["    " + ", ".join(f"{k}={v}" for k, v in item.items())
+                      if isinstance(item, dict) else f"    {item}" for item in value]
+        elif isinstance(value, (str, int, float, bool)):  # null is left to --json
+            shown = _size(value) if key.endswith(("_size", "_bytes")) and isinstance(
+                value, int) else value
+            lines.append(f"  {name:<14} {shown}")
+    chain = facts.get("chain", [])
+    if len(chain) > 1:
+        lines.append("  backing chain: (child first)")
+        lines += [f"    {i}. {m['path']}: {m['format']}"
+                  + (f" ({m['subformat']})" if m.get("subformat") else "")
+                  + f", {_size(m['virtual_size'])}" for i, m in enumerate(chain)]
     f = facts.get("footer")
     if f:
         g = f["geometry"]
@@ -59,11 +76,13 @@ def render(facts: dict[str, Any]) -> str:
 @main.command()
 @click.argument("disk", type=click.Path(readable=False))
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
+@format_option()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/JSON.md).")
 @disk_option
-def inspect(disk: str, parent: str | None, as_json: bool, member: int | None) -> None:
-    """Show what DISK is: format, type, sizes, geometry, allocation, parent."""
-    facts = run(lambda: inspect_path(disk, parent, member=member), disk)
+def inspect(disk: str, parent: str | None, as_json: bool, member: int | None,
+            fmt: str | None) -> None:
+    """Show what DISK is: format, type, sizes, geometry, allocation, backing chain."""
+    facts = run(lambda: inspect_path(disk, parent, member=member, format=fmt), disk)
     emit(json.dumps(facts, indent=2) if as_json else render(facts))
     missing = ((facts.get("dynamic") or {}).get("parent") or {}).get("error")
     if missing:  # the child is shown, but its chain is incomplete: exit 2 with the reason

@@ -11,7 +11,7 @@ from ..expectations import Expect
 from ..preflight.engine import preflight_path
 from ..report import WarningsAs, render_json, render_text
 from . import main
-from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit
+from ._common import EXIT_NOT_READY, EXIT_OK, disk_option, emit, format_option
 from ._junit import JunitRun, junit_options
 
 
@@ -21,18 +21,20 @@ from ._junit import JunitRun, junit_options
               default="generalized", show_default=True,
               help="generalized: an image for many VMs; specialized: one VM's own disk.")
 @click.option("--parent", type=click.Path(), help="Parent of a differencing disk.")
+@format_option()
 @click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
 @junit_options
 @click.option("-v", "--verbose", is_flag=True, help="Also list the rules that passed.")
 @disk_option
 def preflight(disk: str, expect: Expect, parent: str | None, as_json: bool, junit: str | None,
-              junit_warnings: WarningsAs, verbose: bool, member: int | None) -> None:
+              junit_warnings: WarningsAs, verbose: bool, member: int | None,
+              fmt: str | None) -> None:
     """Read DISK offline and check the OS is generalized and Azure-ready.
 
     Exit 0 ready, 1 not ready, 2 unreadable.
     """
     out = JunitRun(junit, "vhdkit.preflight", junit_warnings, disk, parent)
-    report = out.run(lambda: preflight_path(disk, parent, expect, member=member))
+    report = out.run(lambda: preflight_path(disk, parent, expect, member=member, format=fmt))
     out.write(report)
     emit(render_json(report) if as_json else f"{render_text(report, verbose=verbose)}\n"
          f"{describe_os(report.facts)}")

@@ -25,7 +25,7 @@ from ..upload import (
 from ..upload.types import Target, sas_blob_url
 from ..upload.uploader import Progress
 from . import main
-from ._common import EXIT_NOT_READY, disk_option, emit, fail, json_doc, run
+from ._common import EXIT_NOT_READY, disk_option, emit, fail, format_option, json_doc, run
 from ._dest import destination_options, quiet_sdk_logs
 from ._managed import ManagedCli, managed_disk_options, render_managed, run_managed, to_json
 from .progress import ProgressDisplay, interval_option
@@ -108,6 +108,7 @@ class _UploadProgress:
 @main.command("upload")
 @click.argument("disk", type=click.Path(exists=True, dir_okay=False))
 @click.option("--parent", type=click.Path(dir_okay=False), help="Parent of a differencing disk.")
+@format_option()
 @destination_options()
 @click.option("--concurrency", type=click.IntRange(1, 64), default=DEFAULT_CONCURRENCY,
               show_default=True, envvar="VHDKIT_CONCURRENCY", show_envvar=True,
@@ -146,7 +147,8 @@ class _UploadProgress:
               help="Pre-flight: an image for many VMs, or one VM's own (specialized) disk.")
 @managed_disk_options()
 @disk_option
-def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int,
+def upload_command(disk: str, parent: str | None, fmt: str | None, dest: Target,
+                   concurrency: int,
                    merge_gap: int | None, dry_run: bool, no_resize: bool, overwrite: bool,
                    create_container: bool, resume: bool, md5: bool, verify: bool,
                    retries: int, retry_wait: float, retry_budget: float,
@@ -176,7 +178,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
             disk, parent, managed, opts, expect=expect, skip_preflight=skip_preflight,
             quiet=quiet, gate=lambda v, s, _e: _gate(v, s, expect, disk if as_json else None),
             progress=lambda n: _UploadProgress(n, quiet, progress_interval, False),
-            member=member), disk)
+            member=member, fmt=fmt), disk)
         emit(to_json(doc) if as_json else render_managed(doc))
         return
     where = run(lambda: dest.resolve(required=not dry_run))
@@ -197,7 +199,7 @@ def upload_command(disk: str, parent: str | None, dest: Target, concurrency: int
     gate: list[Report] = []
 
     def go() -> UploadResult:
-        with open_disk(disk, parent, disk=member) as vdisk:
+        with open_disk(disk, parent, disk=member, format=fmt) as vdisk:
             view = AzureView.of(vdisk)
             if view.resized:
                 if no_resize:

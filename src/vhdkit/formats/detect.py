@@ -73,7 +73,14 @@ def _vmdk_descriptor(p: Probe) -> bool:
 
 
 def _tar(p: Probe) -> bool:
-    return p.at(257, 5) == b"ustar"
+    if p.at(257, 5) != b"ustar" or len(p.head) < 512:
+        return False
+    # the header checksum (octal at 148) covers the 512 bytes with the field read as spaces
+    try:
+        stored = int(p.head[148:156].replace(b"\0", b" ").strip() or b"x", 8)
+    except ValueError:
+        return False
+    return stored == sum(p.head[:148]) + 8 * 32 + sum(p.head[156:512])
 
 
 def _ova(p: Probe) -> bool:
@@ -83,7 +90,39 @@ def _ova(p: Probe) -> bool:
 
 
 def _koly(p: Probe) -> bool:
-    return p.size >= 512 and p.at(p.size - 512, 4) == b"koly"
+    # UDIF trailer: 'koly', version 4, header size 512 (a last sector that merely starts with
+    # 'koly' is not enough)
+    return p.size >= 512 and p.at(p.size - 512, 12) == b"koly\0\0\0\x04\0\0\x02\0"
+
+
+def _gzip(p: Probe) -> bool:
+    return p.head[:3] == b"\x1f\x8b\x08" and len(p.head) > 3 and p.head[3] & 0xE0 == 0
+
+
+def _zstd(p: Probe) -> bool:
+    # frame magic, then a frame header descriptor whose reserved bit is clear
+    return p.head[:4] == b"\x28\xb5\x2f\xfd" and len(p.head) > 4 and p.head[4] & 0x08 == 0
+
+
+def _zip(p: Probe) -> bool:
+    if p.head[:4] == b"PK\x05\x06":  # an empty archive: only the end record
+        return p.size == 22 + int.from_bytes(p.head[20:22], "little")
+    return p.head[:4] == b"PK\x03\x04" and int.from_bytes(p.head[4:6], "little") <= 63
+
+
+def _luks(p: Probe) -> bool:
+    return p.head[:6] in (b"LUKS\xba\xbe", b"SKUL\xba\xbe") and p.head[6:8] in (b"\0\x01",
+                                                                                b"\0\x02")
+
+
+def _qed(p: Probe) -> bool:
+    cluster = int.from_bytes(p.head[4:8], "little")
+    return p.head[:4] == b"QED\0" and 4096 <= cluster <= 1 << 26 and not cluster & (cluster - 1)
+
+
+def _vdi(p: Probe) -> bool:
+    # the signature sits at 0x40, inside what would be MBR boot code: want the 1.x version too
+    return p.at(0x40, 4) == b"\x7f\x10\xda\xbe" and p.at(0x46, 2) == b"\x01\x00"
 
 
 def _bzip2(p: Probe) -> bool:
@@ -107,28 +146,26 @@ SIGNATURES: tuple[Signature, ...] = (
               way_out=_convert_raw("qcow version 1")),
     Signature("qcow-unknown", "qcow of an unknown version", _magic(0, b"QFI\xfb"),
               way_out=_convert_raw("qcow")),
-    Signature("qed", "QED", _magic(0, b"QED\x00"), way_out=_convert_raw("QED")),
+    Signature("qed", "QED", _qed, way_out=_convert_raw("QED")),
     Signature("vmdk", "VMDK (sparse extent)", _magic(0, b"KDMV"), readable=True),
     Signature("vmdk-cowd", "VMDK (ESX COWD sparse extent)", _magic(0, b"COWD"),
               way_out="give vhdkit the descriptor (.vmdk) that names this extent: it reads "
                       "vmfsSparse snapshots through it, with their parent"),
     Signature("vmdk-descriptor", "VMDK descriptor", _vmdk_descriptor, readable=True),
-    Signature("vdi", "VirtualBox VDI", _magic(0x40, b"\x7f\x10\xda\xbe"),
-              way_out="convert it first: VBoxManage clonemedium DISK disk.vhd --format VHD, "
-                      "or qemu-img convert -O raw DISK disk.raw"),
+    Signature("vdi", "VirtualBox VDI", _vdi, readable=True),
     Signature("parallels", "Parallels", _magic(0, b"WithoutFreeSpace", b"WithouFreSpacExt"),
               way_out=_convert_raw("Parallels")),
-    Signature("luks", "LUKS-encrypted volume", _magic(0, b"LUKS\xba\xbe", b"SKUL\xba\xbe"),
+    Signature("luks", "LUKS-encrypted volume", _luks,
               way_out="Azure cannot boot a LUKS container: give vhdkit the decrypted disk"),
     Signature("ova", "OVA", _ova, readable=True),
     Signature("tar", "tar archive", _tar, way_out=_unpack("tar -xf")),
-    Signature("gzip", "gzip-compressed file", _magic(0, b"\x1f\x8b\x08"),
+    Signature("gzip", "gzip-compressed file", _gzip,
               way_out=_unpack("gunzip")),
     Signature("xz", "xz-compressed file", _magic(0, b"\xfd7zXZ\x00"), way_out=_unpack("unxz")),
-    Signature("zstd", "zstd-compressed file", _magic(0, b"\x28\xb5\x2f\xfd"),
+    Signature("zstd", "zstd-compressed file", _zstd,
               way_out=_unpack("unzstd")),
     Signature("bzip2", "bzip2-compressed file", _bzip2, way_out=_unpack("bunzip2")),
-    Signature("zip", "zip archive", _magic(0, b"PK\x03\x04", b"PK\x05\x06"),
+    Signature("zip", "zip archive", _zip,
               way_out=_unpack("unzip")),
     Signature("7z", "7-Zip archive", _magic(0, b"7z\xbc\xaf\x27\x1c"), way_out=_unpack("7z x")),
     Signature("vhd", "VHD", _is_vhd, readable=True),
@@ -144,6 +181,28 @@ def identify(fd: int, size: int, path: str) -> Signature | None:
     head = os.pread(fd, HEAD, 0) if size else b""
     probe = Probe(fd, size, path, head)
     return next((s for s in SIGNATURES if s.test(probe)), None)
+
+
+def forced(fd: int, size: int, path: str, fmt: str) -> str:
+    """The reader the user forced (``format=`` / ``--format``), if the file carries its signature.
+
+    ``raw`` reads any file as it is (the way out when a raw disk happens to look like something
+    else). Any other format is refused when the file carries another container's signature (a
+    VHD is never parsed as a VHDX); a file with no signature at all goes to the forced reader,
+    which names the damaged field.
+    """
+    sig = BY_KEY.get(fmt)
+    if fmt == "raw" or sig is None:
+        return fmt
+    probe = Probe(fd, size, path, os.pread(fd, HEAD, 0) if size else b"")
+    if sig.test(probe):
+        return fmt
+    found = next((s for s in SIGNATURES if s.test(probe)), None)
+    if found is None:
+        return fmt  # a damaged signature: the forced reader names the field and offset
+    raise FormatError("signature", None, f"not a {sig.label} file: format {fmt!r} was forced on "
+                      f"{path}, but this is a {found.label} image; drop the format to detect "
+                      "it, or force 'raw' to read the file as it is")
 
 
 def detect(fd: int, size: int, path: str) -> str:
@@ -163,5 +222,5 @@ def detect(fd: int, size: int, path: str) -> str:
 
 
 def refusal(path: str, sig: Signature) -> UnsupportedDisk:
-    return UnsupportedDisk(f"{path}: a {sig.label} image, which vhdkit does not read as a disk; "
-                           f"{sig.way_out.replace('DISK', path)}")
+    return UnsupportedDisk(f"{path}: {sig.label} (found by its signature), which vhdkit does not "
+                           f"read as a disk; {sig.way_out.replace('DISK', path)}")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk, UsageError
 from .base import VirtualDisk, open_fd
-from .detect import BY_KEY, detect, refusal
+from .detect import BY_KEY, detect, forced, refusal
 from .raw import RawDisk
 from .vhd import open_vhd_disk
 
@@ -102,8 +102,15 @@ def _ova(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -
     return open_ova(path, fd, size, parent, ctx.member)
 
 
+def _vdi(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
+    from .vdi import open_vdi_disk  # numpy: loaded only when a VDI is read
+
+    return open_vdi_disk(path, fd, size, parent, ctx.open_parent)
+
+
 READERS: dict[str, Reader] = {"raw": _raw, "vhd": _vhd, "vhdx": _vhdx, "qcow2": _qcow2,
-                              "vmdk": _vmdk, "vmdk-descriptor": _vmdk, "ova": _ova}
+                              "vmdk": _vmdk, "vmdk-descriptor": _vmdk, "ova": _ova,
+                              "vdi": _vdi}
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -152,7 +159,7 @@ def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: i
         ident = (st.st_dev, st.st_ino)
         if ident in seen:
             raise ParentNotFound(f"{path}: the chain of parents loops back to this file")
-        kind = fmt or detect(fd, size, path)
+        kind = detect(fd, size, path) if fmt is None else forced(fd, size, path, fmt)
         reader = READERS[kind]
         if member is not None and kind not in HOLD_SEVERAL:
             raise UsageError(f"{path}: --disk {member} picks a disk of an OVA; this {kind} image "

@@ -8,7 +8,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DiskIOError, FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import SECTOR, Extent, merge
@@ -31,6 +31,9 @@ class FixedVhdDisk(RawDisk):
     def __init__(self, image: VhdImage) -> None:
         super().__init__(image.path, image.fd, image.size, image.data_end)
         self.image = image
+
+    def facts(self) -> dict[str, Any]:
+        return {"format": "vhd", "subformat": "fixed"}
 
     def close(self) -> None:
         self.image.close()
@@ -64,6 +67,10 @@ class DynamicVhdDisk(VirtualDisk):
 
     def chain(self) -> list[VirtualDisk]:
         return [self, *(self.parent.chain() if self.parent is not None else [])]
+
+    def facts(self) -> dict[str, Any]:
+        return {"format": "vhd", "subformat": self.kind.removeprefix("vhd-"),
+                "allocated_bytes": self.allocated_blocks() * self._bs}
 
     def _present(self, block: int) -> list[tuple[int, int]]:
         """Sector runs ``(first, end)`` of a block marked present in its bitmap; [] if unallocated.

@@ -37,6 +37,10 @@ class VhdxDisk(VirtualDisk):
             self._close_file()
             raise FormatError("vhdx", 0, f"libvhdi cannot open the image: {exc}") from exc
 
+    def facts(self) -> dict[str, Any]:
+        kind = {2: "fixed", 3: "dynamic", 4: "differencing"}.get(int(self._f.get_disk_type()))
+        return {"format": "vhdx", "subformat": kind}
+
     @property
     def size(self) -> int:
         return self._size

@@ -30,10 +30,11 @@ class Opened:
 
 
 def preflight_path(path: str | os.PathLike[str], parent: str | os.PathLike[str] | None = None,
-                   expect: Expect = "generalized", *, member: int | None = None) -> Report:
-    """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA) and
-    run :func:`preflight` on it."""
-    with open_disk(path, parent, disk=member) as disk:
+                   expect: Expect = "generalized", *, member: int | None = None,
+                   format: str | None = None) -> Report:
+    """Open the image at ``path`` (any format vhdkit reads; ``member``: a disk of an OVA;
+    ``format`` forces a reader) and run :func:`preflight` on it."""
+    with open_disk(path, parent, disk=member, format=format) as disk:
         return preflight_disk(disk, expect)
 
 
