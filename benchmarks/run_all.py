@@ -319,6 +319,9 @@ def render(started: datetime.datetime, total: float, header: list[str], todo: li
             out += [hot, ""]
         out += ["<sub>parts: " + "; ".join(f"{p.name} {p.status}, {p.seconds:.0f} s"
                                             for p in mine) + "</sub>", ""]
+    notes = ROOT / "benchmarks" / "NOTES.md"  # hand measurements and analysis, kept as they are
+    if notes.exists():
+        out += ["#" + notes.read_text().rstrip()]
     return "\n".join(out).rstrip() + "\n"
 
 
