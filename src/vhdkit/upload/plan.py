@@ -77,6 +77,16 @@ class AdaptiveGap:
     latency against size move the gap by 100x between runs on the same input. The spacing of
     completions is the bottleneck's time per request, without the queue: ``a + b * bytes``.
 
+    That holds for a bottleneck that serves one request after another (a server's CPU). A link
+    shared by all requests at once (processor sharing: a slow uplink) completes requests at a
+    spacing set by everybody's bytes, not by the request's own size, so the spacing fit sees no
+    per-byte cost and would merge across huge gaps. There a request's *latency* grows with its
+    own size (``C`` requests share the link: ``rtt + C * b * bytes``). A FIFO server's latencies
+    are inflated by the queue instead, which overstates ``rtt / (C * b)`` as a break-even; so
+    when that estimate is still below the spacing fit's, the link is the bottleneck. On the link
+    a request costs only its headers (its round trip, and the queue in front of the link, overlap
+    the other writers' transfers), so every zero byte sent is a loss: the gap is the smallest.
+
     Robust all the way: the slope is a median of pairwise slopes (Theil-Sen), the intercept the
     median residual, the gap follows the median of the last ``history`` estimates (three at
     least) on a few
@@ -88,7 +98,8 @@ class AdaptiveGap:
     def __init__(self, initial: int = DEFAULT_MERGE_GAP, window: int = 256, every: int = 32,
                  history: int = 5) -> None:
         self._gap = initial
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
+        self._samples: deque[tuple[int, float]] = deque(maxlen=window)  # (bytes, spacing)
+        self._latencies: deque[tuple[int, float]] = deque(maxlen=window)  # (bytes, latency)
         self._estimates: deque[float] = deque(maxlen=history)
         self._floor = 0  # raised by widen(): the request-rate cap needs fewer requests
         self._every = every
@@ -99,6 +110,7 @@ class AdaptiveGap:
         self.moves = 0  # times the gap changed
         self.request_s: float | None = None
         self.bytes_per_s: float | None = None
+        self.bottleneck: str | None = None  # which fit chose the gap: "serial" or "shared link"
 
     def current(self) -> int:
         return self._gap
@@ -113,14 +125,16 @@ class AdaptiveGap:
             # The first completion, or one after an idle spell, has no service time to offer.
             spacing = seconds if last is None or in_flight <= 1 else min(seconds, done - last)
             self._samples.append((nbytes, max(0.0, spacing)))
+            self._latencies.append((nbytes, max(0.0, seconds)))
             self._since += 1
             if self._since >= self._every:
                 self._since = 0
                 self._refit()
 
-    def model(self) -> dict[str, float | int | None]:
+    def model(self) -> dict[str, float | int | str | None]:
         """What the choice rests on, for ``--json``: why this gap was chosen."""
         return {"request_s": self.request_s, "bytes_per_s": self.bytes_per_s,
+                "bottleneck": self.bottleneck,
                 "fits": self.fits, "moves": self.moves, "samples": len(self._samples)}
 
     def widen(self) -> None:
@@ -133,9 +147,14 @@ class AdaptiveGap:
         if fitted is None:
             return
         a, b = fitted
+        gap, self.bottleneck = a / b, "serial"
+        shared = _robust_fit(list(self._latencies))
+        if shared is not None and shared[0] / shared[1] < gap:  # a shared link: see above
+            a, b = shared  # its round trip (with the queue), one request's share of the link
+            gap, self.bottleneck = MIN_ADAPTIVE_GAP, "shared link"
         self.request_s, self.bytes_per_s = a, 1.0 / b
         self.fits += 1
-        self._estimates.append(min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, a / b)))
+        self._estimates.append(min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, gap)))
         if len(self._estimates) < 3:
             return  # one or two estimates are noise, not evidence
         estimate = _median(list(self._estimates))

@@ -92,7 +92,7 @@ class UploadResult:
     md5: str | None = None
     verified: VerifyResult | None = None
     #: the adaptive cost model's estimates behind ``merge_gap`` (request time, bandwidth, fits)
-    gap_model: dict[str, float | int | None] | None = None
+    gap_model: dict[str, float | int | str | None] | None = None
     blob_type: str = "PageBlob"
     managed_disk: bool = False
     throttled: int = 0  # throttling answers from the service
