@@ -49,8 +49,8 @@ def test_check_of_a_fixed_vhd_loads_no_data_or_azure_modules(tmp_path: Path) -> 
     raw = tmp_path / "d.raw"
     raw.write_bytes(b"\x01" * 4096 + bytes(4 << 20))
     vhd = qemu.convert(raw, "raw", tmp_path / "d.vhd", "vpc", "subformat=fixed", "force_size=on")
-    # construct is allowed: the footer is parsed with its declaration
-    assert heavy(loaded_by("check", str(vhd))) - {"construct"} == set()
+    # not even construct: the footer is a struct table (importing construct cost ~10 ms)
+    assert heavy(loaded_by("check", str(vhd))) == set()
 
 
 @pytest.mark.parametrize("name", sorted(vhdkit.__all__))

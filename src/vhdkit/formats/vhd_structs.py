@@ -1,22 +1,27 @@
-"""`construct` declarations of the VHD on-disk structures. No I/O here.
+"""Declarations of the VHD on-disk structures. No I/O here.
 
 Big-endian throughout. Reserved areas are kept as raw bytes (not ``Padding``) so that
 parse -> build reproduces the input byte for byte, even when a writer left garbage there.
 The checksum sits in the middle of the footer and header, so it is computed by a plain function
 over the raw bytes rather than by a construct ``Checksum`` field.
+
+The footer, the one structure every command reads (``check`` of a fixed VHD reads nothing
+else), is a table of ``struct`` codes: importing ``construct`` costs more than the rest of such a
+run. The dynamic header and the BAT are ``construct`` declarations, built on first use.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import struct
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
-
-import construct as cs
 
 from ..errors import FormatError
 
 if TYPE_CHECKING:
+    import construct as cs
     import numpy as np
 
 FOOTER_SIZE = 512
@@ -54,72 +59,88 @@ VALID_DISK_TYPES = (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING)
 # Creator applications whose ``current size`` qemu trusts over the CHS geometry.
 QEMU_TRUSTS_CURRENT_SIZE = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\x00")
 
-FOOTER_STRUCT = cs.Struct(
-    "cookie" / cs.Bytes(8),
-    "features" / cs.Int32ub,
-    "version" / cs.Int32ub,
-    "data_offset" / cs.Int64ub,
-    "timestamp" / cs.Int32ub,
-    "creator_app" / cs.Bytes(4),
-    "creator_version" / cs.Int32ub,
-    "creator_os" / cs.Bytes(4),
-    "original_size" / cs.Int64ub,
-    "current_size" / cs.Int64ub,
-    "cylinders" / cs.Int16ub,
-    "heads" / cs.Int8ub,
-    "sectors_per_track" / cs.Int8ub,
-    # Enum parses unknown values silently as plain ints; Footer.validate() checks them.
-    "disk_type" / cs.Enum(cs.Int32ub, DiskType),
-    "checksum" / cs.Int32ub,
-    "unique_id" / cs.Bytes(16),
-    "saved_state" / cs.Int8ub,
-    "reserved" / cs.Bytes(427),
+#: The footer: (field, ``struct`` code), in order.
+FOOTER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("cookie", "8s"),
+    ("features", "I"),
+    ("version", "I"),
+    ("data_offset", "Q"),
+    ("timestamp", "I"),
+    ("creator_app", "4s"),
+    ("creator_version", "I"),
+    ("creator_os", "4s"),
+    ("original_size", "Q"),
+    ("current_size", "Q"),
+    ("cylinders", "H"),
+    ("heads", "B"),
+    ("sectors_per_track", "B"),
+    # any value parses; Footer.problems() reports the reserved ones
+    ("disk_type", "I"),
+    ("checksum", "I"),
+    ("unique_id", "16s"),
+    ("saved_state", "B"),
+    ("reserved", "427s"),
 )
-assert FOOTER_STRUCT.sizeof() == FOOTER_SIZE
-
-LOCATOR_STRUCT = cs.Struct(
-    "platform_code" / cs.Bytes(4),
-    "data_space" / cs.Int32ub,
-    "data_length" / cs.Int32ub,
-    "reserved" / cs.Int32ub,
-    "data_offset" / cs.Int64ub,
-)
-
-HEADER_STRUCT = cs.Struct(
-    "cookie" / cs.Bytes(8),
-    "data_offset" / cs.Int64ub,
-    "table_offset" / cs.Int64ub,
-    "header_version" / cs.Int32ub,
-    "max_table_entries" / cs.Int32ub,
-    "block_size" / cs.Int32ub,
-    "checksum" / cs.Int32ub,
-    "parent_unique_id" / cs.Bytes(16),
-    "parent_timestamp" / cs.Int32ub,
-    "reserved1" / cs.Bytes(4),
-    "parent_name" / cs.Bytes(512),
-    "parent_locators" / cs.Array(8, LOCATOR_STRUCT),
-    "reserved2" / cs.Bytes(256),
-)
-assert HEADER_STRUCT.sizeof() == HEADER_SIZE
+FOOTER_FORMAT = struct.Struct(">" + "".join(code for _, code in FOOTER_FIELDS))
+assert FOOTER_FORMAT.size == FOOTER_SIZE
 
 #: Field name -> byte offset, for error messages that name the field and where it lives.
 FOOTER_OFFSETS: dict[str, int] = {}
+_pos = 0
+for _name, _code in FOOTER_FIELDS:
+    FOOTER_OFFSETS[_name] = _pos
+    _pos += struct.calcsize(">" + _code)
+
+#: The dynamic header: (field, size); ``parent_locators`` is 8 locators of 24 bytes.
+HEADER_LAYOUT: tuple[tuple[str, int], ...] = (
+    ("cookie", 8), ("data_offset", 8), ("table_offset", 8), ("header_version", 4),
+    ("max_table_entries", 4), ("block_size", 4), ("checksum", 4), ("parent_unique_id", 16),
+    ("parent_timestamp", 4), ("reserved1", 4), ("parent_name", 512), ("parent_locators", 192),
+    ("reserved2", 256),
+)
 HEADER_OFFSETS: dict[str, int] = {}
+_pos = 0
+for _name, _size in HEADER_LAYOUT:
+    HEADER_OFFSETS[_name] = _pos
+    _pos += _size
+assert _pos == HEADER_SIZE
 
 
-def _offsets(struct: cs.Struct, out: dict[str, int]) -> None:
-    pos = 0
-    for sub in struct.subcons:
-        out[sub.name] = pos
-        pos += sub.sizeof()
+@functools.cache
+def header_struct() -> cs.Struct:
+    """The dynamic header as a ``construct`` declaration (built on first use)."""
+    import construct as cs
 
-
-_offsets(FOOTER_STRUCT, FOOTER_OFFSETS)
-_offsets(HEADER_STRUCT, HEADER_OFFSETS)
+    locator = cs.Struct(
+        "platform_code" / cs.Bytes(4),
+        "data_space" / cs.Int32ub,
+        "data_length" / cs.Int32ub,
+        "reserved" / cs.Int32ub,
+        "data_offset" / cs.Int64ub,
+    )
+    header = cs.Struct(
+        "cookie" / cs.Bytes(8),
+        "data_offset" / cs.Int64ub,
+        "table_offset" / cs.Int64ub,
+        "header_version" / cs.Int32ub,
+        "max_table_entries" / cs.Int32ub,
+        "block_size" / cs.Int32ub,
+        "checksum" / cs.Int32ub,
+        "parent_unique_id" / cs.Bytes(16),
+        "parent_timestamp" / cs.Int32ub,
+        "reserved1" / cs.Bytes(4),
+        "parent_name" / cs.Bytes(512),
+        "parent_locators" / cs.Array(8, locator),
+        "reserved2" / cs.Bytes(256),
+    )
+    assert [(sub.name, sub.sizeof()) for sub in header.subcons] == list(HEADER_LAYOUT)
+    return header
 
 
 def bat_struct(entries: int) -> cs.Construct:
     """Declaration of a BAT of ``entries`` big-endian sector numbers (for building and tests)."""
+    import construct as cs
+
     return cs.Array(entries, cs.Int32ub)
 
 
@@ -206,14 +227,10 @@ class Footer:
     def parse(cls, raw: bytes) -> Footer:
         if len(raw) != FOOTER_SIZE:
             raise ValueError("footer must be 512 bytes")
-        c = FOOTER_STRUCT.parse(raw)
-        values: dict[str, Any] = {f.name: c[f.name] for f in fields(cls)}
-        values["disk_type"] = int(c.disk_type)
-        return cls(**values)
+        return cls(*FOOTER_FORMAT.unpack(raw))
 
     def build(self) -> bytes:
-        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        return bytes(FOOTER_STRUCT.build(values))
+        return FOOTER_FORMAT.pack(*(getattr(self, name) for name, _ in FOOTER_FIELDS))
 
     def with_checksum(self) -> Footer:
         """A copy whose checksum field is correct for its other fields."""
@@ -242,6 +259,10 @@ class Footer:
         if self.current_size % SECTOR:
             bad("current_size", f"{self.current_size} is not a multiple of 512")
         return out
+
+
+# Footer.parse/build pass the fields positionally, in the table's order.
+assert tuple(f.name for f in fields(Footer)) == tuple(name for name, _ in FOOTER_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -275,7 +296,7 @@ class DynamicHeader:
     def parse(cls, raw: bytes) -> DynamicHeader:
         if len(raw) != HEADER_SIZE:
             raise ValueError("dynamic header must be 1024 bytes")
-        c = HEADER_STRUCT.parse(raw)
+        c = header_struct().parse(raw)
         values: dict[str, Any] = {f.name: c[f.name] for f in fields(cls)}
         values["parent_locators"] = tuple(
             ParentLocator(**{k: loc[k] for k in LOCATOR_STRUCT_NAMES}) for loc in c.parent_locators
@@ -287,7 +308,7 @@ class DynamicHeader:
         values["parent_locators"] = [
             {k: getattr(loc, k) for k in LOCATOR_STRUCT_NAMES} for loc in self.parent_locators
         ]
-        return bytes(HEADER_STRUCT.build(values))
+        return bytes(header_struct().build(values))
 
     def with_checksum(self) -> DynamicHeader:
         raw = replace(self, checksum=0).build()
