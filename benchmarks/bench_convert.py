@@ -34,7 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import GIB, MIB, Goal, save_goals
+from benchmarks.common import GIB, MIB, Goal, save_goals, timed
+from vhdkit.convert import convert_disk
 from vhdkit.formats import open_disk
 
 
@@ -72,17 +73,6 @@ def make_input(case: Case, work: Path, seed: int = 7) -> Path:
                     str(raw), str(vhd)], check=True)
     raw.unlink()
     return vhd
-
-
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with status {status}")
-    return wall, usage.ru_maxrss * 1024
 
 
 def data_regions(path: Path) -> list[tuple[int, int]]:
@@ -143,16 +133,24 @@ def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
     qemu_sync = ["sh", "-c", " ".join(shlex.quote(a) for a in qemu)
                  + f" && sync {shlex.quote(str(out_q))}"]
     cmds = {"vhdkit": (vhdkit, out_v), "qemu": (qemu, out_q), "qemu_sync": (qemu_sync, out_q)}
-    times: dict[str, list[float]] = {k: [] for k in cmds}
+    times: dict[str, list[float]] = {k: [] for k in [*cmds, "in_process"]}
     peak: dict[str, int] = dict.fromkeys(cmds, 0)
     for i in range(runs + 1):  # interleaved, so machine noise hits every tool alike
         for key, (cmd, out) in cmds.items():
             if out.exists():
                 out.unlink()
-            wall, rss = timed(cmd)
+            run = timed(cmd)
+            wall, rss = run.wall, run.peak_rss
             if i:  # the first round warms the page cache
                 times[key].append(wall)
                 peak[key] = max(peak[key], rss)
+        # the same convert without a process: its data path alone (what start-up is not)
+        out_v.unlink()
+        os.sync()
+        start = time.perf_counter()
+        convert_disk(src, out_v)
+        if i:
+            times["in_process"].append(time.perf_counter() - start)
     v_time, q_time, qs_time = (statistics.median(times[k]) for k in cmds)
     floor = durable_write_floor(data_regions(out_v), work / "floor.bin", runs)
     same = subprocess.run(["qemu-img", "compare", "-q", "-f", "vpc", "-F", "vpc", str(out_v),
@@ -161,6 +159,7 @@ def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
         "case": case.name, "data_mib": os.stat(src).st_blocks * 512 // MIB,
         "vhdkit_s": v_time, "qemu_s": q_time, "ratio": v_time / q_time,
         "qemu_sync_s": qs_time, "ratio_sync": v_time / qs_time,
+        "in_process_s": statistics.median(times["in_process"]),
         # best against best: both are what the machine allows on a quiet moment
         "floor_s": floor, "qemu_best_s": min(times["qemu"]),
         "floor_ratio": floor / min(times["qemu"]),
@@ -174,9 +173,13 @@ def bench(case: Case, work: Path, runs: int) -> dict[str, float | int | str]:
     return row
 
 
-def startup_seconds(runs: int) -> float:
-    """Interpreter start plus vhdkit's imports: the fixed cost inside every vhdkit time."""
-    times = [timed([sys.executable, "-m", "vhdkit", "--help"])[0] for _ in range(runs + 1)]
+def startup_seconds(work: Path, runs: int) -> float:
+    """The fixed cost inside every vhdkit time: a whole `vhdkit convert` of a 1 MiB disk
+    (interpreter start, imports of click, numpy and the readers, the output's fsync)."""
+    tiny, out = work / "tiny.raw", work / "tiny.vhd"
+    tiny.write_bytes(b"\x01" * 4096 + bytes(MIB - 4096))
+    cmd = [sys.executable, "-m", "vhdkit", "convert", str(tiny), str(out), "--quiet", "--force"]
+    times = [timed(cmd).wall for _ in range(runs + 1)]
     return statistics.median(times[1:])
 
 
@@ -195,6 +198,26 @@ def render(rows: list[dict[str, float | int | str]]) -> str:
             f"| {r['floor_s']:.3f} | {r['floor_ratio']:.2f}× ({r['qemu_best_s']:.3f} s) "
             f"| {r['vhdkit_rss_mib']:.0f} | {r['qemu_rss_mib']:.0f} "
             f"| {r['vhdkit_alloc_mib']:.0f} / {r['qemu_alloc_mib']:.0f} | {r['identical']} |")
+    return "\n".join(lines)
+
+
+def limits(rows: list[dict[str, float | int | str]], startup: float) -> str:
+    """What bounds the equal-durability ratio: a vhdkit process is its fixed start-up plus its
+    data path (the same convert in-process)."""
+    lines = ["\n#### What limits the ratio to qemu-img + fsync\n",
+             "| input | vhdkit in-process (data path) s | fixed start-up s | qemu-img + fsync s "
+             "| data path ÷ qemu-img + fsync | start-up ÷ qemu-img + fsync |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        qs, inproc = float(r["qemu_sync_s"]), float(r["in_process_s"])
+        lines.append(f"| {r['case']} | {inproc:.3f} | {startup:.3f} | {qs:.3f} "
+                     f"| {inproc / qs:.2f}× | {startup / qs:.2f}× |")
+    lines.append("\nThe data path (read, zero scan, write, flush-behind, fsync, rename) is what "
+                 "vhdkit's pipeline does; the fixed start-up is the Python interpreter and the "
+                 "imports of click and numpy before any byte is read. Where start-up alone is a "
+                 "large share of qemu-img's whole time, the sum stays above 1.0× however fast "
+                 "the data path is. (Page-cache writes with flush-behind beat the O_DIRECT "
+                 "\"floor\" column on this device: it is a reference, not a bound.)")
     return "\n".join(lines)
 
 
@@ -235,18 +258,20 @@ def main() -> None:
     cases = [c for c in CASES if args.only is None or c.name.startswith(args.only)]
     try:
         rows = [bench(c, work, args.runs) for c in cases]
-        startup = startup_seconds(args.runs)
+        startup = startup_seconds(work, args.runs)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print(f"#### vhdkit convert vs qemu-img convert (median of {args.runs} warm runs, "
           "interleaved)\n")
     print(render(rows))
-    print(f"\nEvery vhdkit time includes {startup:.2f} s of interpreter start and imports "
-          "(`python -m vhdkit --help`). Inputs: dynamic VHDs (2 MiB blocks) with random data in "
+    print(f"\nEvery vhdkit time includes a fixed {startup:.2f} s: a whole `vhdkit convert` of "
+          "a 1 MiB disk (interpreter start, imports of click, numpy and the readers, fsync). "
+          "Inputs: dynamic VHDs (2 MiB blocks) with random data in "
           "scattered 64 KiB–4 MiB runs; output an Azure fixed VHD. vhdkit fsyncs its output "
           "before the atomic rename, qemu-img does not flush: both ratios are shown. The "
           "durable-write floor (see Method) is compared best run against qemu-img's best run.")
+    print(limits(rows, startup))
     if rows and rows[0]["case"] == "2G-25%":
         print(f"The Convert issue quotes qemu-img at 0.40 s for the 2 GiB case; here it took "
               f"{float(rows[0]['qemu_s']):.2f} s warm (its first, cold run is discarded).")

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from benchmarks.common import GIB, MIB, Goal, bytes_read, ratio, save_goals  # noqa: E402
+from benchmarks.common import GIB, MIB, Goal, bytes_read, ratio, save_goals, timed  # noqa: E402
 
 SIZE = 2 * GIB
 FRACTION = 0.25
@@ -56,17 +56,6 @@ def make_raw(path: Path, size: int, fraction: float, seed: int = 11) -> Path:
             os.pwrite(fd, gen.integers(1, 16, length, dtype=np.uint8).tobytes(), start)
             placed += length
     return path
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds user + system) of one child process and its children."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with status {status}")
-    return wall, usage.ru_utime + usage.ru_stime
 
 
 def inputs(work: Path, size: int) -> dict[str, Path]:
@@ -101,7 +90,8 @@ def bench_convert(src: Path, work: Path, runs: int) -> dict[str, float | str]:
     for i in range(runs + 1):  # interleaved; the first round warms the page cache
         for key, (cmd, out) in cmds.items():
             out.unlink(missing_ok=True)
-            wall, used = timed(cmd)
+            run = timed(cmd)
+            wall, used = run.wall, run.cpu
             if i:
                 times[key].append(wall)
                 cpu[key].append(used)

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_convert import timed
-from benchmarks.common import GIB, MIB, Goal, save_goals
+from benchmarks.common import GIB, MIB, Goal, save_goals, timed
 from vhdkit.extents import split, total
 from vhdkit.formats import open_disk, vmdk_sparse
 
@@ -99,7 +98,8 @@ def bench(work: Path, runs: int) -> dict[str, float | str]:
     for i in range(runs + 1):  # interleaved; the first round only warms the page cache
         for key, (cmd, out) in cmds.items():
             out.unlink(missing_ok=True)
-            wall, peak = timed(cmd)
+            run = timed(cmd)
+            wall, peak = run.wall, run.peak_rss
             if i:
                 times[key].append(wall)
                 rss[key] = max(rss[key], peak)

@@ -7,7 +7,9 @@ measured as JSON; benchmarks/run_all.py turns those into the summary of RESULTS.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +28,26 @@ class Goal:
     target: str  # the goal as the issue states it
     measured: str
     met: bool | None  # None: recorded only, the issue sets no threshold
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process and its children
+    peak_rss: int  # bytes
+
+
+def timed(cmd: list[str]) -> Run:
+    """One child process, timed from a settled device: ``sync`` first, so that no run pays for
+    the writeback of the data an earlier run (of any tool) left dirty in the page cache."""
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with status {status}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
 
 
 def save_goals(path: str | None, goals: list[Goal]) -> None:

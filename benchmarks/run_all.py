@@ -246,7 +246,9 @@ METHOD = """\
 - Convert: `qemu-img convert` does not flush its output, while `vhdkit convert` fsyncs before
   its atomic rename; both ratios are shown (vs qemu-img alone and vs qemu-img followed by
   `sync FILE`). Every vhdkit CLI time includes Python's start and imports (shown once), with
-  vhdkit compiled to bytecode first as `pip install` does. The
+  vhdkit compiled to bytecode first as `pip install` does. Every timed process starts after a
+  `sync` (benchmarks/common.py `timed`), so that no run pays for the writeback of data an
+  earlier run of another tool left dirty (qemu-img does not flush). The
   durable-write floor is the fastest this device makes the output's data regions durable
   (O_DIRECT writes from memory by 4 threads, then fsync; no reading): no tool that flushes
   its output can go below it, so a floor above qemu-img's best time puts qemu-img's unflushed

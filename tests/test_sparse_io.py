@@ -72,3 +72,16 @@ def test_a_read_error_is_raised_and_no_thread_hangs(tmp_path: Path) -> None:
             copy_nonzero(BytesDisk(data, fail_at=1 << 20), [Extent(0, len(data))], fd, 64 * 1024)
     finally:
         os.close(fd)
+
+
+def test_read_buffers_are_sized_by_the_data() -> None:
+    """A 1 MiB disk gets one 1 MiB buffer, not the ring of 8 MiB chunks a large disk gets
+    (zeroing those cost ~20 ms before the first read)."""
+    from vhdkit.sparse_io import _Chunks
+
+    small = _Chunks(BytesDisk(bytes(1 << 20)), [Extent(0, 1 << 20)], 8 << 20, 3)
+    try:
+        assert small.chunk == 1 << 20
+        assert [len(buf) for _, buf in small] == [1 << 20]
+    finally:
+        small.close()
