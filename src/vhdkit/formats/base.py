@@ -76,6 +76,19 @@ class VirtualDisk(abc.ABC):
         self.close()
 
 
+class ReadsInto(VirtualDisk):
+    """A reader whose primitive is :meth:`read_into` (straight into the caller's buffer, as
+    streaming wants); ``read_at`` goes through it too."""
+
+    @abc.abstractmethod
+    def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+    def _read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        self.read_into(offset, memoryview(out))
+        return bytes(out)
+
+
 def zero_fill(buf: memoryview) -> None:
     if len(buf):
         import numpy as np  # loaded on first use: commands that never fill start faster

@@ -26,7 +26,7 @@ import zstandard
 
 from ..errors import DiskIOError, FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import Extent, merge, subtract
-from .base import VirtualDisk, open_fd, pread_into, zero_fill
+from .base import ReadsInto, VirtualDisk, open_fd, pread_into, zero_fill
 from .detect import detect
 from .qcow2_header import Qcow2Header, Snapshot, parse_header, read_exact, read_snapshots
 from .qcow2_structs import L1_OFFSET_MASK, L2_COMPRESSED, L2_OFFSET_MASK, L2_ZERO, SUBCLUSTERS
@@ -71,7 +71,7 @@ class _Table(NamedTuple):
     bitmap: np.ndarray | None  # uint64 extended L2 bitmaps (alloc low, zero high)
 
 
-class Qcow2Disk(VirtualDisk):
+class Qcow2Disk(ReadsInto):
     kind = "qcow2"
 
     def __init__(self, path: str, fd: int, file_size: int, header: Qcow2Header,
@@ -253,11 +253,6 @@ class Qcow2Disk(VirtualDisk):
         return merge(data), merge(zero)
 
     # -- reads -------------------------------------------------------------------------------
-
-    def _read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.read_into(offset, memoryview(out))
-        return bytes(out)
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         limit = max(0, min(len(buf), self.size - offset))

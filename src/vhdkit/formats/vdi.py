@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import Extent, merge, subtract
-from .base import VirtualDisk, pread_into, zero_fill
+from .base import ReadsInto, VirtualDisk, pread_into, zero_fill
 from .vdi_structs import (
     BLOCK_FREE,
     BLOCK_ZERO,
@@ -42,7 +42,7 @@ def _bad(field: str, problem: str) -> FormatError:
     return FormatError(f"header.{field}", OFFSETS[field], problem)
 
 
-class VdiDisk(VirtualDisk):
+class VdiDisk(ReadsInto):
     """A fixed or dynamic VDI. Takes ownership of ``fd``."""
 
     kind = "vdi"
@@ -220,11 +220,6 @@ class VdiDisk(VirtualDisk):
             if hi > lo:
                 out.append(Extent(lo, hi - lo))
         return out
-
-    def _read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-        self.read_into(offset, memoryview(buf))
-        return bytes(buf)
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         n = max(0, min(len(buf), self._size - offset))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DiskIOError, FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import SECTOR, Extent, merge
-from .base import VirtualDisk, pread_into, zero_fill
+from .base import ReadsInto, VirtualDisk, pread_into, zero_fill
 from .raw import RawDisk
 from .vhd_image import Anomaly, VhdImage, open_vhd
 from .vhd_structs import BAT_UNUSED, HEADER_OFFSETS, DiskType, Footer
@@ -40,7 +40,7 @@ class FixedVhdDisk(RawDisk):
         self._fd = -1
 
 
-class DynamicVhdDisk(VirtualDisk):
+class DynamicVhdDisk(ReadsInto):
     """Dynamic and differencing VHDs. A differencing disk reads absent sectors from its parent."""
 
     def __init__(self, image: VhdImage, parent: VirtualDisk | None = None) -> None:
@@ -114,11 +114,6 @@ class DynamicVhdDisk(VirtualDisk):
         out.extend(self.parent.extents())
         size = self.size
         return [Extent(e.start, min(e.end, size) - e.start) for e in merge(out) if e.start < size]
-
-    def _read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.read_into(offset, memoryview(out))
-        return bytes(out)
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         length = len(buf)

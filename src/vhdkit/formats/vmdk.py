@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FormatError, ParentNotFound, UnsupportedDisk
 from ..extents import Extent, merge, subtract
-from .base import VirtualDisk, open_fd, zero_fill
+from .base import ReadsInto, VirtualDisk, open_fd, zero_fill
 from .region import Region
 from .vmdk_descriptor import (
     FLAT_TYPES,
@@ -52,7 +52,7 @@ class Piece:
         return self.start + self.length
 
 
-class VmdkDisk(VirtualDisk):
+class VmdkDisk(ReadsInto):
     kind = "vmdk"
 
     def __init__(self, path: str, descriptor: Descriptor, pieces: list[Piece], fds: list[int],
@@ -119,11 +119,6 @@ class VmdkDisk(VirtualDisk):
                    for p in self.pieces if p.type != "ZERO")
 
     # -- reads ---------------------------------------------------------------------------------
-
-    def _read(self, offset: int, length: int) -> bytes:
-        out = bytearray(length)
-        self.read_into(offset, memoryview(out))
-        return bytes(out)
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         limit = max(0, min(len(buf), self._size - offset))
