@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import struct
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -84,12 +85,13 @@ FOOTER_FIELDS: tuple[tuple[str, str], ...] = (
 FOOTER_FORMAT = struct.Struct(">" + "".join(code for _, code in FOOTER_FIELDS))
 assert FOOTER_FORMAT.size == FOOTER_SIZE
 
-#: Field name -> byte offset, for error messages that name the field and where it lives.
-FOOTER_OFFSETS: dict[str, int] = {}
-_pos = 0
-for _name, _code in FOOTER_FIELDS:
-    FOOTER_OFFSETS[_name] = _pos
-    _pos += struct.calcsize(">" + _code)
+def _offsets(sizes: list[tuple[str, int]]) -> dict[str, int]:
+    """Field name -> byte offset, for error messages that name the field and where it lives."""
+    starts = itertools.accumulate((size for _, size in sizes), initial=0)
+    return {name: start for (name, _), start in zip(sizes, starts, strict=False)}
+
+
+FOOTER_OFFSETS = _offsets([(name, struct.calcsize(">" + code)) for name, code in FOOTER_FIELDS])
 
 #: The dynamic header: (field, size); ``parent_locators`` is 8 locators of 24 bytes.
 HEADER_LAYOUT: tuple[tuple[str, int], ...] = (
@@ -98,12 +100,8 @@ HEADER_LAYOUT: tuple[tuple[str, int], ...] = (
     ("parent_timestamp", 4), ("reserved1", 4), ("parent_name", 512), ("parent_locators", 192),
     ("reserved2", 256),
 )
-HEADER_OFFSETS: dict[str, int] = {}
-_pos = 0
-for _name, _size in HEADER_LAYOUT:
-    HEADER_OFFSETS[_name] = _pos
-    _pos += _size
-assert _pos == HEADER_SIZE
+HEADER_OFFSETS = _offsets(list(HEADER_LAYOUT))
+assert sum(size for _, size in HEADER_LAYOUT) == HEADER_SIZE
 
 
 @functools.cache
