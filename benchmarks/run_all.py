@@ -254,8 +254,10 @@ METHOD = """\
   its output can go below it, so a floor above qemu-img's best time puts qemu-img's unflushed
   time out of reach of every such tool on this machine.
 - Upload: every method uses the same concurrency against the same Azurite (127.0.0.1 only);
-  the uplink figures go through the test proxy (tests/faultproxy.py) capped at 100 Mbit/s, one
-  run each (they take minutes and are bandwidth-bound). Each upload part gets a fresh
+  the uplink figures go through the test proxy (tests/faultproxy.py) capped at 100 Mbit/s:
+  vhdkit in three interleaved rounds (adaptive gap, gap 0), the SDK once (it takes minutes).
+  The same vhdkit uploads through the proxy without the cap measure what the requests cost on
+  this machine (proxy, Azurite and client share its 2 cores). Each upload part gets a fresh
   Azurite: its in-memory store frees deleted blobs only every 10 minutes.
 - Bytes read: /proc/self/io `rchar` (every read the process makes) or a counting VirtualDisk
   wrapper, as each table says.
