@@ -13,7 +13,8 @@ import xmlschema
 
 from cli_helpers import vhdkit
 from fixtures.vhdbuild import KIB, MIB, build_dynamic
-from vhdkit.report import Finding, Report, render_junit
+from vhdkit.junit import render_junit
+from vhdkit.report import Finding, Report
 
 SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parent / "schemas" / "junit-10.xsd")
 

@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "Finding": "report",
     "Report": "report",
     "render_json": "report",
-    "render_junit": "report",
+    "render_junit": "junit",
     "render_text": "report",
     "Progress": "upload.uploader",
     "RetryPolicy": "upload.engine",
@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "WarningsAs": "report",
     "NetworkError": "errors",
     "AuthenticationError": "errors",
-    "render_junit_error": "report",
+    "render_junit_error": "junit",
     "UploadOptions": "upload.uploader",
     "UploadResult": "upload.uploader",
     "upload_view": "upload.uploader",
@@ -147,16 +147,9 @@ if TYPE_CHECKING:
     from .extents import Extent, nonzero_runs
     from .facts import inspect_path
     from .formats import VirtualDisk, detect_format, open_disk
+    from .junit import render_junit, render_junit_error
     from .preflight.engine import preflight_disk, preflight_path
-    from .report import (
-        Finding,
-        Report,
-        WarningsAs,
-        render_json,
-        render_junit,
-        render_junit_error,
-        render_text,
-    )
+    from .report import Finding, Report, WarningsAs, render_json, render_text
     from .sizes import parse_size
     from .upload.engine import RetryPolicy
     from .upload.pageblob import PageBlob

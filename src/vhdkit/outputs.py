@@ -6,8 +6,6 @@ without ``--force`` never over a file that appeared meanwhile (exclusive link in
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import secrets
@@ -101,6 +99,9 @@ _AT_FDCWD = -100
 
 def _renameat2_noreplace(src: str, dst: str) -> bool:
     """rename(2) that fails with EEXIST instead of replacing; False when unavailable here."""
+    import ctypes  # only where hard links fail: find_library may even run ldconfig
+    import ctypes.util
+
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:
         return False

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import VhdkitError
-from ..report import WARNINGS_AS, Report, WarningsAs, render_junit, render_junit_error
+from ..report import WARNINGS_AS, Report, WarningsAs
 from ._common import (
     error_message,
     exit_code,
@@ -56,18 +56,23 @@ class JunitRun:
         except (VhdkitError, OSError) as exc:
             log_failure(exc)
             message = error_message(exc, self.disk)
-            self._write(render_junit_error(
-                self.disk, self.suite, message, type(exc).__name__,
-                seconds=time.monotonic() - self.started, timestamp=self.timestamp))
+            if self.path is not None:
+                from ..junit import render_junit_error  # only --junit needs the XML writer
+
+                self._write(self.path, render_junit_error(
+                    self.disk, self.suite, message, type(exc).__name__,
+                    seconds=time.monotonic() - self.started, timestamp=self.timestamp))
             fail(message, exit_code(exc))
 
     def write(self, report: Report) -> None:
-        self._write(render_junit(report, self.suite, warnings=self.warnings,
-                                 seconds=time.monotonic() - self.started,
-                                 timestamp=self.timestamp))
-
-    def _write(self, xml: str) -> None:
         if self.path is not None:
-            from ..outputs import disk_files
+            from ..junit import render_junit
 
-            write_text(self.path, xml, disk_files(self.disk, self.parent))
+            self._write(self.path, render_junit(report, self.suite, warnings=self.warnings,
+                                     seconds=time.monotonic() - self.started,
+                                     timestamp=self.timestamp))
+
+    def _write(self, path: str, xml: str) -> None:
+        from ..outputs import disk_files
+
+        write_text(path, xml, disk_files(self.disk, self.parent))

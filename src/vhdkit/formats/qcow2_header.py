@@ -11,8 +11,6 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 
-import construct as cs
-
 from ..errors import FormatError, UnsupportedDisk
 from .qcow2_structs import (
     COMPRESSION_NAMES,
@@ -22,10 +20,10 @@ from .qcow2_structs import (
     EXT_DATA_FILE,
     EXT_END,
     EXT_FEATURE_NAMES,
-    EXTENSION_PARSER,
-    FEATURE_NAME_PARSER,
-    HEADER_V2_PARSER,
-    HEADER_V3_TAIL_PARSER,
+    EXTENSION,
+    FEATURE_NAME,
+    HEADER_V2,
+    HEADER_V3_TAIL,
     INCOMPAT_COMPRESSION,
     INCOMPAT_CORRUPT,
     INCOMPAT_DATA_FILE,
@@ -33,6 +31,7 @@ from .qcow2_structs import (
     INCOMPAT_EXTL2,
     INCOMPAT_KNOWN,
     INCOMPAT_NAMES,
+    MAGIC,
     MAX_BACKING_NAME,
     MAX_CLUSTER_BITS,
     MAX_L1_BYTES,
@@ -40,7 +39,7 @@ from .qcow2_structs import (
     MAX_SNAPSHOT_EXTRA,
     MAX_SNAPSHOTS,
     MIN_CLUSTER_BITS,
-    SNAPSHOT_PARSER,
+    SNAPSHOT,
     SNAPSHOT_SIZE,
     V2_HEADER_SIZE,
     V3_HEADER_MIN,
@@ -119,10 +118,9 @@ def read_exact(fd: int, offset: int, length: int, file_size: int, name: str) -> 
 
 def parse_header(fd: int, file_size: int, path: str) -> Qcow2Header:
     raw = read_exact(fd, 0, V2_HEADER_SIZE, file_size, "header")
-    try:
-        h = HEADER_V2_PARSER.parse(raw)
-    except cs.ConstructError as exc:
-        raise FormatError("header.magic", 0, f"not a qcow2 header: {raw[:4]!r}") from exc
+    h = HEADER_V2.parse(raw)
+    if h.magic != MAGIC:
+        raise FormatError("header.magic", 0, f"not a qcow2 header: {raw[:4]!r}")
     if h.version not in (2, 3):
         raise UnsupportedDisk(f"{path}: qcow version {h.version}; vhdkit reads qcow2 versions 2 "
                               "and 3 (convert it first: qemu-img convert -O raw DISK disk.raw)")
@@ -133,7 +131,7 @@ def parse_header(fd: int, file_size: int, path: str) -> Qcow2Header:
     incompat = compat = 0
     refcount_order, header_length, compression = 4, V2_HEADER_SIZE, 0
     if h.version == 3:
-        tail = HEADER_V3_TAIL_PARSER.parse(read_exact(
+        tail = HEADER_V3_TAIL.parse(read_exact(
             fd, V2_HEADER_SIZE, V3_HEADER_MIN - V2_HEADER_SIZE, file_size, "header"))
         incompat, compat = tail.incompatible_features, tail.compatible_features
         refcount_order, header_length = tail.refcount_order, tail.header_length
@@ -200,7 +198,7 @@ def _extensions(fd: int, file_size: int, start: int, end: int
     pos = 0
     while pos + 8 <= limit:
         have(pos + 8)
-        ext = EXTENSION_PARSER.parse(area[pos: pos + 8])
+        ext = EXTENSION.parse(area[pos: pos + 8])
         if ext.type == EXT_END:
             break
         if ext.length > limit - pos - 8:
@@ -214,7 +212,7 @@ def _extensions(fd: int, file_size: int, start: int, end: int
             data_file = data.split(b"\0", 1)[0].decode("utf-8", "replace")
         elif ext.type == EXT_FEATURE_NAMES:
             for i in range(ext.length // 48):
-                f = FEATURE_NAME_PARSER.parse(data[48 * i: 48 * i + 48])
+                f = FEATURE_NAME.parse(data[48 * i: 48 * i + 48])
                 names[(f.type, f.bit)] = f.name.split(b"\0", 1)[0].decode("utf-8", "replace")
         pos += 8 + (ext.length + 7) // 8 * 8
     return names, backing_format, data_file
@@ -280,7 +278,7 @@ def read_snapshots(fd: int, file_size: int, h: Qcow2Header) -> list[Snapshot]:
     pos = h.snapshots_offset
     for i in range(h.nb_snapshots):
         name = f"snapshot[{i}]"
-        s = SNAPSHOT_PARSER.parse(read_exact(fd, pos, SNAPSHOT_SIZE, file_size, name))
+        s = SNAPSHOT.parse(read_exact(fd, pos, SNAPSHOT_SIZE, file_size, name))
         if s.extra_data_size > MAX_SNAPSHOT_EXTRA:
             raise FormatError(f"{name}.extra_data_size", pos + 36,
                               f"{s.extra_data_size} is more than {MAX_SNAPSHOT_EXTRA}")

@@ -1,9 +1,12 @@
 """qcow2 on-disk declarations (QEMU's docs/interop/qcow2.txt): header, header extensions,
-snapshot table entries, and the bit layout of L1/L2 entries. All integers are big-endian."""
+snapshot table entries, and the bit layout of L1/L2 entries. All integers are big-endian.
+
+The records are ``struct`` tables (:class:`Layout`): every run that opens a qcow2 parses them,
+and importing ``construct`` and compiling its declarations cost more than that run's own work."""
 
 from __future__ import annotations
 
-import construct as cs
+from .layout import Layout
 
 MAGIC = b"QFI\xfb"
 V2_HEADER_SIZE = 72
@@ -18,33 +21,35 @@ MAX_SNAPSHOTS = 65536
 MAX_SNAPSHOT_EXTRA = 1024
 MAX_REFCOUNT_ORDER = 6
 
-HEADER_V2 = cs.Struct(
-    "magic" / cs.Const(MAGIC),
-    "version" / cs.Int32ub,
-    "backing_file_offset" / cs.Int64ub,
-    "backing_file_size" / cs.Int32ub,
-    "cluster_bits" / cs.Int32ub,
-    "size" / cs.Int64ub,
-    "crypt_method" / cs.Int32ub,
-    "l1_size" / cs.Int32ub,
-    "l1_table_offset" / cs.Int64ub,
-    "refcount_table_offset" / cs.Int64ub,
-    "refcount_table_clusters" / cs.Int32ub,
-    "nb_snapshots" / cs.Int32ub,
-    "snapshots_offset" / cs.Int64ub,
-)
+HEADER_V2 = Layout("HeaderV2", (
+    ("magic", "4s"),
+    ("version", "I"),
+    ("backing_file_offset", "Q"),
+    ("backing_file_size", "I"),
+    ("cluster_bits", "I"),
+    ("size", "Q"),
+    ("crypt_method", "I"),
+    ("l1_size", "I"),
+    ("l1_table_offset", "Q"),
+    ("refcount_table_offset", "Q"),
+    ("refcount_table_clusters", "I"),
+    ("nb_snapshots", "I"),
+    ("snapshots_offset", "Q"),
+))
+assert HEADER_V2.size == V2_HEADER_SIZE
 #: Fields version 3 adds after the 72 bytes of version 2 (offset 72).
-HEADER_V3_TAIL = cs.Struct(
-    "incompatible_features" / cs.Int64ub,
-    "compatible_features" / cs.Int64ub,
-    "autoclear_features" / cs.Int64ub,
-    "refcount_order" / cs.Int32ub,
-    "header_length" / cs.Int32ub,
-)
+HEADER_V3_TAIL = Layout("HeaderV3Tail", (
+    ("incompatible_features", "Q"),
+    ("compatible_features", "Q"),
+    ("autoclear_features", "Q"),
+    ("refcount_order", "I"),
+    ("header_length", "I"),
+))
+assert V2_HEADER_SIZE + HEADER_V3_TAIL.size == V3_HEADER_MIN
 #: Byte 104 of a header at least 105 bytes long.
 COMPRESSION_TYPE_OFFSET = 104
 
-EXTENSION = cs.Struct("type" / cs.Int32ub, "length" / cs.Int32ub)
+EXTENSION = Layout("Extension", (("type", "I"), ("length", "I")))
 EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
 EXT_FEATURE_NAMES = 0x6803F857
@@ -52,7 +57,7 @@ EXT_BITMAPS = 0x23852875
 EXT_CRYPTO = 0x0537BE77
 EXT_DATA_FILE = 0x44415441
 #: one feature name table entry: type (0 incompatible, 1 compatible, 2 autoclear), bit, name
-FEATURE_NAME = cs.Struct("type" / cs.Int8ub, "bit" / cs.Int8ub, "name" / cs.Bytes(46))
+FEATURE_NAME = Layout("FeatureName", (("type", "B"), ("bit", "B"), ("name", "46s")))
 
 INCOMPAT_DIRTY = 1 << 0
 INCOMPAT_CORRUPT = 1 << 1
@@ -66,18 +71,18 @@ INCOMPAT_NAMES = {0: "dirty", 1: "corrupt", 2: "external data file", 3: "compres
 COMPRESSION_NAMES = {0: "deflate", 1: "zstd"}
 CRYPT_NAMES = {1: "AES-CBC (qcow2 legacy encryption)", 2: "LUKS"}
 
-SNAPSHOT = cs.Struct(
-    "l1_table_offset" / cs.Int64ub,
-    "l1_size" / cs.Int32ub,
-    "id_str_size" / cs.Int16ub,
-    "name_size" / cs.Int16ub,
-    "date_sec" / cs.Int32ub,
-    "date_nsec" / cs.Int32ub,
-    "vm_clock_nsec" / cs.Int64ub,
-    "vm_state_size" / cs.Int32ub,
-    "extra_data_size" / cs.Int32ub,
-)
-SNAPSHOT_SIZE = 40  # SNAPSHOT.sizeof()
+SNAPSHOT = Layout("Snapshot", (
+    ("l1_table_offset", "Q"),
+    ("l1_size", "I"),
+    ("id_str_size", "H"),
+    ("name_size", "H"),
+    ("date_sec", "I"),
+    ("date_nsec", "I"),
+    ("vm_clock_nsec", "Q"),
+    ("vm_state_size", "I"),
+    ("extra_data_size", "I"),
+))
+SNAPSHOT_SIZE = SNAPSHOT.size  # 40
 
 #: L1 entry: bits 9..55 hold the L2 table's offset; bit 63 is "refcount is 1" (ignored).
 L1_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
@@ -89,10 +94,3 @@ L2_COMPRESSED = 1 << 62
 #: Extended L2: a second 64-bit word per cluster, bits 0..31 allocated subclusters,
 #: bits 32..63 subclusters that read as zeros.
 SUBCLUSTERS = 32
-
-#: Compiled parsers (several times faster than interpreting the declarations; same checks).
-HEADER_V2_PARSER = HEADER_V2.compile()
-HEADER_V3_TAIL_PARSER = HEADER_V3_TAIL.compile()
-EXTENSION_PARSER = EXTENSION.compile()
-FEATURE_NAME_PARSER = FEATURE_NAME.compile()
-SNAPSHOT_PARSER = SNAPSHOT.compile()

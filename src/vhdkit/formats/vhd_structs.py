@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import enum
 import functools
-import itertools
-import struct
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
+from .layout import Layout, offsets
 
 if TYPE_CHECKING:
     import construct as cs
@@ -82,16 +81,9 @@ FOOTER_FIELDS: tuple[tuple[str, str], ...] = (
     ("saved_state", "B"),
     ("reserved", "427s"),
 )
-FOOTER_FORMAT = struct.Struct(">" + "".join(code for _, code in FOOTER_FIELDS))
-assert FOOTER_FORMAT.size == FOOTER_SIZE
-
-def _offsets(sizes: list[tuple[str, int]]) -> dict[str, int]:
-    """Field name -> byte offset, for error messages that name the field and where it lives."""
-    starts = itertools.accumulate((size for _, size in sizes), initial=0)
-    return {name: start for (name, _), start in zip(sizes, starts, strict=False)}
-
-
-FOOTER_OFFSETS = _offsets([(name, struct.calcsize(">" + code)) for name, code in FOOTER_FIELDS])
+FOOTER = Layout("FooterFields", FOOTER_FIELDS)
+assert FOOTER.size == FOOTER_SIZE
+FOOTER_OFFSETS = FOOTER.offsets
 
 #: The dynamic header: (field, size); ``parent_locators`` is 8 locators of 24 bytes.
 HEADER_LAYOUT: tuple[tuple[str, int], ...] = (
@@ -100,7 +92,7 @@ HEADER_LAYOUT: tuple[tuple[str, int], ...] = (
     ("parent_timestamp", 4), ("reserved1", 4), ("parent_name", 512), ("parent_locators", 192),
     ("reserved2", 256),
 )
-HEADER_OFFSETS = _offsets(list(HEADER_LAYOUT))
+HEADER_OFFSETS = offsets(HEADER_LAYOUT)
 assert sum(size for _, size in HEADER_LAYOUT) == HEADER_SIZE
 
 
@@ -225,10 +217,10 @@ class Footer:
     def parse(cls, raw: bytes) -> Footer:
         if len(raw) != FOOTER_SIZE:
             raise ValueError("footer must be 512 bytes")
-        return cls(*FOOTER_FORMAT.unpack(raw))
+        return cls(*FOOTER.format.unpack(raw))
 
     def build(self) -> bytes:
-        return FOOTER_FORMAT.pack(*(getattr(self, name) for name, _ in FOOTER_FIELDS))
+        return FOOTER.format.pack(*(getattr(self, name) for name, _ in FOOTER_FIELDS))
 
     def with_checksum(self) -> Footer:
         """A copy whose checksum field is correct for its other fields."""
