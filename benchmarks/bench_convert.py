@@ -85,17 +85,21 @@ def data_regions(path: Path) -> list[tuple[int, int]]:
 FLOOR_PIECE, FLOOR_THREADS = 4 * MIB, 4
 
 
-def _open_direct(path: Path) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
-    except OSError:  # a filesystem without O_DIRECT (tmpfs): the page cache, then fsync
-        return os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+def _open_output(path: Path, direct: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT
+    if direct:
+        try:
+            return os.open(path, flags | os.O_DIRECT, 0o644)
+        except OSError:  # a filesystem without O_DIRECT (tmpfs): the page cache, then fsync
+            pass
+    return os.open(path, flags, 0o644)
 
 
 def durable_write_floor(regions: list[tuple[int, int]], path: Path, tries: int) -> float:
-    """Fastest of ``tries`` runs that write ``regions`` (random bytes, straight from memory) to
-    a new file with O_DIRECT and fsync it: a lower bound for any tool that makes this output
-    durable on this device."""
+    """Fastest of ``tries`` runs of each of two ways to write ``regions`` (random bytes,
+    straight from memory, by several threads) to a new file and fsync it: O_DIRECT, and through
+    the page cache. No reading, no scanning, no interpreter start: a tool that makes this
+    output durable on this device, by either way, takes at least this long."""
     buf = mmap.mmap(-1, FLOOR_PIECE)  # page-aligned, as O_DIRECT requires
     buf.write(os.urandom(FLOOR_PIECE))
     view = memoryview(buf)
@@ -104,16 +108,18 @@ def durable_write_floor(regions: list[tuple[int, int]], path: Path, tries: int) 
     best = float("inf")
     with ThreadPoolExecutor(FLOOR_THREADS) as pool:
         for _ in range(tries):
-            path.unlink(missing_ok=True)
-            fd = _open_direct(path)
-            try:
-                start = time.perf_counter()
-                list(pool.map(os.pwrite, [fd] * len(pieces), [view[:n] for _, n in pieces],
-                              [o for o, _ in pieces]))
-                os.fsync(fd)
-                best = min(best, time.perf_counter() - start)
-            finally:
-                os.close(fd)
+            for direct in (True, False):
+                path.unlink(missing_ok=True)
+                os.sync()  # the last try's writeback is not this one's
+                fd = _open_output(path, direct)
+                try:
+                    start = time.perf_counter()
+                    list(pool.map(os.pwrite, [fd] * len(pieces), [view[:n] for _, n in pieces],
+                                  [o for o, _ in pieces]))
+                    os.fsync(fd)
+                    best = min(best, time.perf_counter() - start)
+                finally:
+                    os.close(fd)
     path.unlink()
     view.release()
     buf.close()
@@ -200,6 +206,19 @@ def startup_seconds(work: Path, runs: int) -> float:
     return statistics.median(times[1:])
 
 
+def imports_seconds(runs: int) -> float:
+    """A Python process that imports click and numpy and does nothing else: the start-up any
+    convert built as this issue asks (a click CLI, numpy where data is scanned) pays."""
+    cmd = [sys.executable, "-c", "import click, numpy"]
+    return statistics.median([timed(cmd).wall for _ in range(runs + 1)][1:])
+
+
+def reachable(startup: float, floor: float, peer: float) -> float:
+    """The lowest ratio to ``peer`` a process with this fixed ``startup`` can reach: its data
+    path at the device's durable-write ``floor``, nothing else."""
+    return (startup + floor) / peer
+
+
 def render(rows: list[dict[str, float | int | str]]) -> str:
     lines = [
         "| input (dynamic VHD) | source file MiB | vhdkit s | qemu-img s | ratio (goal ≤ 1.0) "
@@ -218,23 +237,29 @@ def render(rows: list[dict[str, float | int | str]]) -> str:
     return "\n".join(lines)
 
 
-def limits(rows: list[dict[str, float | int | str]], startup: float) -> str:
+def limits(rows: list[dict[str, float | int | str]], startup: float, imports: float) -> str:
     """What bounds the equal-durability ratio: a vhdkit process is its fixed start-up plus its
-    data path (the same convert in-process)."""
+    data path (the same convert in-process), and the data path cannot beat the device's
+    durable-write floor."""
     lines = ["\n#### What limits the ratio to qemu-img + fsync\n",
-             "| input | vhdkit in-process (data path) s | fixed start-up s | qemu-img + fsync s "
-             "| data path ÷ qemu-img + fsync | start-up ÷ qemu-img + fsync |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| input | vhdkit in-process (data path) s | durable-write floor s "
+             "| qemu-img + fsync s | data path ÷ qemu-img + fsync "
+             "| lowest reachable: (vhdkit start-up + floor) ÷ qemu-img + fsync "
+             "| (click + numpy imports + floor) ÷ qemu-img + fsync |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        qs, inproc = float(r["qemu_sync_s"]), float(r["in_process_s"])
-        lines.append(f"| {r['case']} | {inproc:.3f} | {startup:.3f} | {qs:.3f} "
-                     f"| {inproc / qs:.2f}× | {startup / qs:.2f}× |")
-    lines.append("\nThe data path (read, zero scan, write, flush-behind, fsync, rename) is what "
-                 "vhdkit's pipeline does; the fixed start-up is the Python interpreter and the "
-                 "imports of click and numpy before any byte is read. Where start-up alone is a "
-                 "large share of qemu-img's whole time, the sum stays above 1.0× however fast "
-                 "the data path is. (Page-cache writes with flush-behind beat the O_DIRECT "
-                 "\"floor\" column on this device: it is a reference, not a bound.)")
+        qs, inproc, floor = float(r["qemu_sync_s"]), float(r["in_process_s"]), float(r["floor_s"])
+        lines.append(f"| {r['case']} | {inproc:.3f} | {floor:.3f} | {qs:.3f} "
+                     f"| {inproc / qs:.2f}× | {reachable(startup, floor, qs):.2f}× "
+                     f"| {reachable(imports, floor, qs):.2f}× |")
+    lines.append(f"\nvhdkit start-up {startup:.3f} s (a whole convert of a 1 MiB disk); a "
+                 f"Python process importing click and numpy and nothing else {imports:.3f} s. "
+                 "The data path (read, zero scan, write, flush-behind, fsync, rename) is what "
+                 "vhdkit's pipeline does; the floor is the fastest this device makes the same "
+                 "output regions durable from memory (best of O_DIRECT and page-cache writes). "
+                 "Where the lowest reachable ratio is above 1.0×, no data path, however fast, "
+                 "brings a process with this start-up to the goal; the last column does the "
+                 "same sum with only the imports the issue prescribes (click, numpy).")
     return "\n".join(lines)
 
 
@@ -252,8 +277,14 @@ def goals_of(rows: list[dict[str, float | int | str]]) -> list[Goal]:
         out.append(Goal("Convert", f"{r['case']}: vhdkit convert ÷ qemu-img convert without "
                         "flush (retired goal)", "recorded", f"{ratio:.2f}×", None))
         out.append(Goal("Convert", f"{r['case']}: durable-write floor of the output's data "
-                        "(O_DIRECT + fsync, no reading) ÷ qemu-img convert, best runs", "recorded",
-                        f"{floor_ratio:.2f}× ({float(r['floor_s']):.3f} s)", None))
+                        "(O_DIRECT or page cache, + fsync, no reading) ÷ qemu-img convert, best "
+                        "runs", "recorded", f"{floor_ratio:.2f}× ({float(r['floor_s']):.3f} s)",
+                        None))
+        if "reachable" in r:
+            out.append(Goal("Performance", f"{r['case']}: lowest ratio to qemu-img + fsync "
+                            "reachable with vhdkit's start-up ((start-up + durable-write floor) "
+                            "÷ qemu-img + fsync)", "recorded (what limits the goal above)",
+                            f"{float(r['reachable']):.2f}×", None))
         rss = float(r["vhdkit_rss_mib"])
         out.append(Goal("Convert", f"{r['case']}: vhdkit convert peak RSS", "≤ 150 MiB",
                         f"{rss:.0f} MiB", rss <= 150))
@@ -276,6 +307,9 @@ def main() -> None:
     try:
         rows = [bench(c, work, args.runs) for c in cases]
         startup = startup_seconds(work, args.runs)
+        imports = imports_seconds(args.runs)
+        for r in rows:
+            r["reachable"] = reachable(startup, float(r["floor_s"]), float(r["qemu_sync_s"]))
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -288,7 +322,7 @@ def main() -> None:
           "scattered 64 KiB–4 MiB runs; output an Azure fixed VHD. vhdkit fsyncs its output "
           "before the atomic rename, qemu-img does not flush: both ratios are shown. The "
           "durable-write floor (see Method) is compared best run against qemu-img's best run.")
-    print(limits(rows, startup))
+    print(limits(rows, startup, imports))
     if rows and rows[0]["case"] == "2G-25%":
         print(f"The Convert issue quotes qemu-img at 0.40 s for the 2 GiB case; here it took "
               f"{float(rows[0]['qemu_s']):.2f} s warm (its first, cold run is discarded).")

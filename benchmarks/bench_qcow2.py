@@ -34,6 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from benchmarks.bench_convert import (  # noqa: E402
+    data_regions,
+    durable_write_floor,
+    reachable,
+    startup_seconds,
+)
 from benchmarks.common import GIB, MIB, Goal, bytes_read, ratio, save_goals, timed  # noqa: E402
 
 SIZE = 2 * GIB
@@ -97,12 +103,13 @@ def bench_convert(src: Path, work: Path, runs: int) -> dict[str, float | str]:
                 cpu[key].append(used)
     same = subprocess.run(["qemu-img", "compare", "-q", "-f", "vpc", "-F", "vpc", str(out_v),
                            str(out_q)], check=False).returncode == 0
+    floor = durable_write_floor(data_regions(out_v), work / "floor.bin", runs)
     v, q = statistics.median(times["vhdkit"]), statistics.median(times["qemu_sync"])
     out_v.unlink()
     out_q.unlink()
     vc, qc = statistics.median(cpu["vhdkit"]), statistics.median(cpu["qemu_sync"])
     return {"vhdkit_s": v, "qemu_s": q, "ratio": v / q, "vhdkit_cpu": vc, "qemu_cpu": qc,
-            "identical": "yes" if same else "NO"}
+            "floor_s": floor, "identical": "yes" if same else "NO"}
 
 
 def read_rate(src: Path) -> float:
@@ -202,19 +209,32 @@ def main() -> None:
                   "the machine than wall time). Reader = vhdkit reading every data extent "
                   "in-process (no scan, no write).", "",
                   "| input | file size | vhdkit convert | qemu-img convert + sync | ratio "
-                  "| CPU vhdkit / qemu-img | reader alone | same output |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| CPU vhdkit / qemu-img | reader alone | durable-write floor "
+                  "| lowest reachable ratio | same output |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        startup = startup_seconds(work, args.runs)
         for name, src in srcs.items():
             print(f"convert: {name}", file=sys.stderr, flush=True)
             r = bench_convert(src, work, args.runs)
             rate = read_rate(src)
+            low = reachable(startup, float(r["floor_s"]), float(r["qemu_s"]))
             lines.append(f"| {name} | {src.stat().st_size / MIB:.0f} MiB | {r['vhdkit_s']:.2f} s "
                          f"| {r['qemu_s']:.2f} s | {ratio(float(r['ratio']))} "
                          f"| {float(r['vhdkit_cpu']):.2f} / {float(r['qemu_cpu']):.2f} s "
-                         f"| {rate:,.0f} MiB/s | {r['identical']} |")
+                         f"| {rate:,.0f} MiB/s | {float(r['floor_s']):.2f} s | {ratio(low)} "
+                         f"| {r['identical']} |")
             if not name.startswith("control"):
                 goals.append(Goal("qcow2", f"convert, {name}", "≤ 1.0× qemu-img + sync",
                                   ratio(float(r["ratio"])), float(r["ratio"]) <= 1.0))
+                goals.append(Goal("qcow2", f"convert, {name}: lowest ratio reachable with "
+                                  "vhdkit's start-up ((start-up + durable-write floor) ÷ "
+                                  "qemu-img + sync)", "recorded (what limits the goal above)",
+                                  ratio(low), None))
+        lines += ["", f"Lowest reachable ratio = (vhdkit's fixed start-up, {startup:.3f} s: a "
+                  "whole convert of a 1 MiB disk, + the durable-write floor of the output's "
+                  "data: writes from memory by 4 threads, O_DIRECT or page cache, then fsync) ÷ "
+                  "qemu-img + sync. Above 1.0×, no data path reaches the goal with this "
+                  "start-up."]
         if args.url:
             lines += ["", f"Upload to Azurite (8 writers), medians of {args.upload_runs} "
                           "interleaved runs.", "",

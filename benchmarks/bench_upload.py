@@ -16,16 +16,18 @@ ratios to stdout and writes the raw results as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -38,7 +40,6 @@ import numpy as np  # noqa: E402
 from azure.storage.blob import BlobClient, BlobServiceClient  # noqa: E402
 
 from benchmarks.common import GIB, Goal, ratio, save_goals  # noqa: E402
-from faultproxy import FaultProxy, Faults  # type: ignore[import-untyped]  # noqa: E402
 from fixtures import qemu  # noqa: E402
 from fixtures.upload_disks import MIB, scattered_runs, write_runs  # noqa: E402
 from vhdkit.azure_view import AzureView, fixed_footer  # noqa: E402
@@ -49,6 +50,36 @@ from vhdkit.upload.types import Target  # noqa: E402
 
 UPLINK_BPS = 100e6
 SDK_CHUNK = 4 * MIB  # upload_blob(PageBlob) sends every 4 MiB chunk that is not all zeros
+
+
+PROXY = """
+import sys
+sys.path[:0] = sys.argv[3:]
+from faultproxy import FaultProxy, Faults
+proxy = FaultProxy(sys.argv[1], Faults(bandwidth_bps=float(sys.argv[2]) or None)).start()
+print(proxy.url, flush=True)
+sys.stdin.read()  # until the benchmark closes the pipe (or dies)
+"""
+
+
+@contextlib.contextmanager
+def proxy_process(url: str, bps: float | None) -> Iterator[str]:
+    """The test proxy (tests/faultproxy.py) in its own process and process group, as a network
+    is not inside the uploading process: run in-process, its threads would compete with the
+    client's for one interpreter lock. Yields the proxy's URL; stopped by its group id."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROXY, url, str(bps or 0), str(ROOT / "tests"), str(ROOT / "src")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if not line.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"the proxy did not start: {line!r}")
+        yield line
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def conn_str(url: str) -> str:
@@ -371,21 +402,21 @@ def main() -> None:
         if "uplink" in parts:
             uplink_runs = scattered_runs(size, 0.10)
             p = make_fixed_vhd(work / "p10.vhd", size, uplink_runs)
-            with FaultProxy(url, Faults(bandwidth_bps=UPLINK_BPS)) as proxy:
+            with proxy_process(url, UPLINK_BPS) as link:
                 # vhdkit is noisy here (the proxy, Azurite and the client share 2 cores): three
                 # interleaved rounds, with the fixed gap 0 (exactly the non-zero sectors) beside.
                 runs.rounds("uplink", "10% scattered", {
-                    "vhdkit": lambda: run_vhdkit(proxy.url, container, p, conc),
-                    GAP0: lambda: run_vhdkit(proxy.url, container, p, conc, 0)}, UPLINK_ROUNDS)
+                    "vhdkit": lambda: run_vhdkit(link, container, p, conc),
+                    GAP0: lambda: run_vhdkit(link, container, p, conc, 0)}, UPLINK_ROUNDS)
                 runs.rounds("uplink", "10% scattered", {
-                    "sdk": lambda: run_sdk(proxy.url, container, p, conc)}, 1)
+                    "sdk": lambda: run_sdk(link, container, p, conc)}, 1)
             # What the requests cost without the link: the same uploads through the same proxy
             # with no cap. Where this alone comes near the link's lower bound, the two limits
             # add up and no merge gap brings the capped upload down to that bound.
-            with FaultProxy(url, Faults()) as proxy:
+            with proxy_process(url, None) as free:
                 runs.rounds(NO_CAP, "10% scattered", {
-                    "vhdkit": lambda: run_vhdkit(proxy.url, container, p, conc),
-                    GAP0: lambda: run_vhdkit(proxy.url, container, p, conc, 0)}, UPLINK_ROUNDS)
+                    "vhdkit": lambda: run_vhdkit(free, container, p, conc),
+                    GAP0: lambda: run_vhdkit(free, container, p, conc, 0)}, UPLINK_ROUNDS)
             for key, rows in runs.samples.items():
                 if key[0] in ("uplink", NO_CAP):
                     for row in rows:

@@ -250,12 +250,14 @@ METHOD = """\
   `sync` (benchmarks/common.py `timed`), so that no run pays for the writeback of data an
   earlier run of another tool left dirty (qemu-img does not flush). The
   durable-write floor is the fastest this device makes the output's data regions durable
-  (O_DIRECT writes from memory by 4 threads, then fsync; no reading): no tool that flushes
+  (writes from memory by 4 threads, O_DIRECT or through the page cache, whichever is
+  faster, then fsync; no reading): no tool that flushes
   its output can go below it, so a floor above qemu-img's best time puts qemu-img's unflushed
   time out of reach of every such tool on this machine.
 - Upload: every method uses the same concurrency against the same Azurite (127.0.0.1 only);
-  the uplink figures go through the test proxy (tests/faultproxy.py) capped at 100 Mbit/s:
-  vhdkit in three interleaved rounds (adaptive gap, gap 0), the SDK once (it takes minutes).
+  the uplink figures go through the test proxy (tests/faultproxy.py, in its own process, as a
+  network is not inside the uploading process) capped at 100 Mbit/s: vhdkit in three
+  interleaved rounds (adaptive gap, gap 0), the SDK once (it takes minutes).
   The same vhdkit uploads through the proxy without the cap measure what the requests cost on
   this machine (proxy, Azurite and client share its 2 cores). Each upload part gets a fresh
   Azurite: its in-memory store frees deleted blobs only every 10 minutes.
