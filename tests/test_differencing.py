@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import vhdkit
+from fixtures import qemu
 from fixtures.vhdbuild import KIB, MIB, build_dynamic, flatten
-from vhdkit.errors import ParentNotFound
+from vhdkit.errors import ParentNotFound, UsageError
 from vhdkit.extents import nonzero_runs, subtract
 from vhdkit.formats import open_disk
 
@@ -171,6 +172,19 @@ def test_explicit_parent(chain: tuple[Path, Path, Path], tmp_path: Path) -> None
     shutil.move(str(base), elsewhere)
     with open_disk(mid, parent=elsewhere) as disk:
         assert disk.read_at(0, SIZE) == bytes(flatten(SIZE, BS, [BASE, MID]))
+
+
+@pytest.mark.parametrize("fmt", ["raw", "vpc", "qcow2", "vdi"])
+def test_parent_given_for_a_disk_without_one_is_refused(fmt: str, tmp_path: Path) -> None:
+    """An ignored --parent would hide the user's mistake (the wrong child, or one already
+    merged): every reader refuses it, as the OVA reader did."""
+    img = qemu.create(tmp_path / f"d.{fmt}", fmt, "4M")
+    other = build_dynamic(tmp_path / "other.vhd", SIZE, BS, BASE)
+    with pytest.raises(UsageError, match="--parent does not apply"):
+        open_disk(img, parent=other)
+    code, _, err = vhdkit("inspect", "--parent", str(other), str(img))
+    assert code == 2
+    assert "--parent does not apply" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("block_size", [512 * KIB, 2 * MIB])

@@ -306,6 +306,22 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_reported(
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, "o.vhd"])
 
 
+def test_stale_temporary_of_a_reused_pid_is_removed(disks: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """A killed writer's PID, given to a later process: that process started after the
+    temporary was last written, so it is not the writer and the temporary goes. The running
+    writer's own temporary (written after it started) stays."""
+    reused = tmp_path / f".o.vhd.vhdkit-tmp-{os.getpid()}-00000001"
+    reused.write_bytes(b"x")
+    os.utime(reused, (1_000_000_000, 1_000_000_000))  # 2001: long before this process
+    live = tmp_path / f".x.vhd.vhdkit-tmp-{os.getpid()}-00000002"
+    live.write_bytes(b"x")
+    res = run_proc("convert", disks["fixed"], tmp_path / "o.vhd")
+    assert res.returncode == 0, res.stderr
+    assert "removed 1 temporary file(s) left by killed runs" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted([live.name, "o.vhd"])
+
+
 # ---- case 9: tiny blocks cost memory in proportion to the data ------------------------------
 
 def test_tiny_blocks_every_entry_allocated_stays_bounded(tmp_path: Path) -> None:

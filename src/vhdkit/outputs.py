@@ -75,18 +75,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _started_after(pid: int, when: float) -> bool:
+    """True when process ``pid`` started after ``when`` (a Unix time), so that it cannot have
+    written a file last modified then: its PID was reused. False where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()  # the name may hold spaces and ')'
+        with open("/proc/stat", "rb") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith(b"btime "))
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+    # boot time has whole seconds: a margin keeps a writer that started in the same second
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > when + 2
+
+
 def clean_stale_temporaries(directory: str) -> list[str]:
     """Remove vhdkit temporaries in ``directory`` left by processes that no longer run (a
-    SIGKILLed convert); returns their names. Those of live processes are left alone."""
+    SIGKILLed convert); returns their names. Those of live processes are left alone; a live
+    process that started after the temporary was last written is not its writer (the PID was
+    reused), and its temporary goes too."""
     removed = []
     for entry in os.listdir(directory or "."):
         if not entry.startswith(".") or TMP_MARK not in entry:
             continue
         pid_text = entry.rsplit(TMP_MARK, 1)[1].split("-", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        if not pid_text.isdigit():
             continue
+        path = os.path.join(directory, entry)
         try:
-            os.unlink(os.path.join(directory, entry))
+            if _pid_alive(int(pid_text)) and not _started_after(int(pid_text),
+                                                                 os.lstat(path).st_mtime):
+                continue
+            os.unlink(path)
             removed.append(entry)
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass

@@ -168,4 +168,13 @@ def _open(path: str, parent: str | None, fmt: str | None, strict: bool, depth: i
         os.close(fd)
         raise
     # The reader owns the fd from here on, also when it fails.
-    return reader(path, fd, size, parent, ChainContext(strict, depth, seen | {ident}, member))
+    disk = reader(path, fd, size, parent, ChainContext(strict, depth, seen | {ident}, member))
+    if parent is not None and strict and len(disk.chain()) == 1:
+        # Ignored, the user's parent would hide a mistake: the wrong child, or a child that
+        # was already merged. (Lenient opening, for check, may have dropped a parent it could
+        # not use, and reports that as a finding.)
+        disk.close()
+        raise UsageError(f"{path}: --parent names the parent of a differencing disk (or the "
+                         f"backing file of a qcow2); this {kind} image reads from none, so "
+                         "--parent does not apply")
+    return disk
