@@ -232,7 +232,7 @@ def main() -> None:
                                   ratio(low), None))
         lines += ["", f"Lowest reachable ratio = (vhdkit's fixed start-up, {startup:.3f} s: a "
                   "whole convert of a 1 MiB disk, + the durable-write floor of the output's "
-                  "data: writes from memory by 4 threads, O_DIRECT or page cache, then fsync) ÷ "
+                  "data: the fastest of three ways to write it from memory, then fsync) ÷ "
                   "qemu-img + sync. Above 1.0×, no data path reaches the goal with this "
                   "start-up."]
         if args.url:

@@ -250,10 +250,10 @@ METHOD = """\
   `sync` (benchmarks/common.py `timed`), so that no run pays for the writeback of data an
   earlier run of another tool left dirty (qemu-img does not flush). The
   durable-write floor is the fastest this device makes the output's data regions durable
-  (writes from memory by 4 threads, O_DIRECT or through the page cache, whichever is
-  faster, then fsync; no reading): no tool that flushes
-  its output can go below it, so a floor above qemu-img's best time puts qemu-img's unflushed
-  time out of reach of every such tool on this machine.
+  (writes from memory, the fastest of: O_DIRECT by 4 threads, the page cache by 4 threads,
+  the page cache in order with writeback pushed behind; then fsync; no reading): the fastest
+  known way to make that output durable here, so a floor above qemu-img's best time puts
+  qemu-img's unflushed time out of reach of every tool that flushes its output.
 - Upload: every method uses the same concurrency against the same Azurite (127.0.0.1 only);
   the uplink figures go through the test proxy (tests/faultproxy.py, in its own process, as a
   network is not inside the uploading process) capped at 100 Mbit/s: vhdkit in three
