@@ -86,9 +86,6 @@ class AdaptiveGap:
     when that estimate is still below the spacing fit's, the link is the bottleneck. On the link
     a request costs only its headers (its round trip, and the queue in front of the link, overlap
     the other writers' transfers), so every zero byte sent is a loss: the gap is the smallest.
-    Between the two (a server behind a slow link, whose work overlaps the link's) the spacing
-    undercounts the byte cost while latency still grows at the link's rate: a merged zero byte
-    is charged at that rate, the larger of the two slopes.
 
     Robust all the way: the slope is a median of pairwise slopes (Theil-Sen), the intercept the
     median residual, the gap follows the median of the last ``history`` estimates (three at
@@ -155,11 +152,6 @@ class AdaptiveGap:
         if shared is not None and shared[0] / shared[1] < gap:  # a shared link: see above
             a, b = shared  # its round trip (with the queue), one request's share of the link
             gap, self.bottleneck = MIN_ADAPTIVE_GAP, "shared link"
-        elif shared is not None and shared[1] > b:
-            # Two bottlenecks in a row (a server behind a slow link): a merged zero byte costs
-            # what the link charges for it, which is more than the spacing fit sees.
-            b = shared[1]
-            gap = a / b
         self.request_s, self.bytes_per_s = a, 1.0 / b
         self.fits += 1
         self._estimates.append(min(MAX_ADAPTIVE_GAP, max(MIN_ADAPTIVE_GAP, gap)))
