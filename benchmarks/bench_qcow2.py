@@ -181,7 +181,7 @@ def bench_tables(work: Path) -> dict[str, float | int]:
     with open_disk(path) as disk:
         assert isinstance(disk, Qcow2Disk)
         out["data"] = sum(e.length for e in disk.extents())
-        l2 = int(np.count_nonzero(disk._l1))
+        l2 = int(disk.facts()["allocated_l2_tables"])
         out["l2_tables"] = l2
         out["tables"] = disk.header.l1_size * 8 + l2 * disk.header.cluster_size
     return out

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vhdkit.extents as extents_mod
 from vhdkit.extents import Extent, intersect, merge, nonzero_runs, split, subtract, total
 
 
@@ -117,3 +121,71 @@ def test_nonzero_runs_matches_a_byte_by_byte_reference(seed: int) -> None:
     base = rng.randrange(0, 1 << 30) // 512 * 512
     for shape in (bytes(buf), buf, memoryview(buf)):
         assert nonzero_runs(shape, base) == _reference_runs(bytes(buf), base)
+
+
+# -- the two ways of the scan ---------------------------------------------------------------
+
+def _zero_run_shapes(seed: int) -> tuple[bytearray, int]:
+    """Data with zero runs of every kind the search meets: whole sectors and blocks, runs longer
+    than the zero buffer it compares with (1 MiB), and zeros that fill no aligned sector (500
+    bytes straddling an edge, 1000 bytes from mid-sector)."""
+    rng = random.Random(seed)
+    n = rng.choice([3 * 1024 * 1024 + 7 * 512, 2 * 1024 * 1024, 64 * 512])
+    buf = bytearray(rng.randbytes(n))
+    pos = 0
+    while pos < n:
+        pos += rng.choice([1, 300, 4096, 20000, 1 << 20])
+        length = rng.choice([500, 1000, 512, 4096, 3 * 512, 8192 + 512, 1_500_000])
+        buf[pos: pos + length] = bytes(len(buf[pos: pos + length]))
+        pos += length
+    base = rng.choice([0, 512, 4096 * 3 + 1024, 1 << 40])
+    return buf, base
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_both_scans_match_the_reference(seed: int) -> None:
+    buf, base = _zero_run_shapes(seed)
+    want = _reference_runs(bytes(buf), base)
+    assert extents_mod._scan(bytes(buf), len(buf), base, 1 << 30) == want
+    assert extents_mod._scan_numpy(bytes(buf), len(buf), base) == want
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_in_place_of_each_buffer_type_and_a_prefix(seed: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extents_mod, "_fragmented", False)
+    buf, base = _zero_run_shapes(seed)
+    end = len(buf) // 1024 * 512  # a prefix, as the convert pipeline scans its ring buffers
+    want = _reference_runs(bytes(buf[:end]), base)
+    ring = mmap.mmap(-1, len(buf))
+    ring[:] = bytes(buf)
+    for shape in (bytes(buf), buf, ring, memoryview(buf)):
+        assert nonzero_runs(shape, base, end) == want
+
+
+def test_the_scan_gives_up_past_its_step_budget() -> None:
+    every_other = bytes(512) + b"\x01" * 512
+    buf = every_other * 200  # 200 zero runs
+    assert extents_mod._scan(buf, len(buf), 0, 199) is None
+    assert extents_mod._scan(buf, len(buf), 0, 200) == _reference_runs(buf, 0)
+
+
+SCAN_PROBE = """
+import sys
+from vhdkit.extents import nonzero_runs
+sector, zero = b"\\x01" * 512, bytes(512)
+# 1 MiB of data with one zero run, or 1 MiB of sectors alternating with zero sectors
+buf = sector * 2048 + zero * 8 if sys.argv[1] == "data" else (zero + sector) * 1024
+print(len(nonzero_runs(buf, 0)), "numpy" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("shape", "runs", "numpy_loaded"), [
+    ("data", 1, False),  # one zero run: found by the search, numpy never imported
+    ("fragmented", 1024, True),  # too many zero runs for the search: numpy scans it
+])
+def test_numpy_is_loaded_only_for_fragmented_data(shape: str, runs: int,
+                                                  numpy_loaded: bool) -> None:
+    res = subprocess.run([sys.executable, "-c", SCAN_PROBE, shape],
+                         capture_output=True, text=True, check=True)
+    assert res.stdout.split() == [str(runs), str(numpy_loaded)]

@@ -33,8 +33,8 @@ from vhdkit.formats import open_disk
 from vhdkit.formats.qcow2 import Qcow2Disk
 
 NAMES = ["v2", "v3-512", "v3-4k", "v3-2m", "deflate", "deflate-v2", "zstd", "zstd-4k",
-         "extl2-zstd", "extl2-backing", "zero-over-backing", "chain-raw-base", "chain-3",
-         "backing-bigger", "snapshots"]
+         "extl2-zstd", "extl2-backing", "zero-over-backing", "scattered", "chain-raw-base",
+         "chain-3", "backing-bigger", "snapshots"]
 
 
 @pytest.fixture(scope="session")
@@ -277,6 +277,21 @@ def test_l2_entry_past_eof_and_unaligned(plain: Path) -> None:
     assert (err.field, err.offset) == ("l2_table[0][1]", l2 + 8)
     poke(plain, l2 + 8, (4096 * 3 + 512).to_bytes(8, "big"))
     assert "not aligned" in _error(plain).problem
+
+
+def test_l2_run_past_eof_names_its_first_entry_past_it(plain: Path) -> None:
+    """Entries that each name the next host cluster are checked at the ends of their run; the
+    error still names the first entry whose cluster lies past the end of the file."""
+    _, l2 = _l1(plain)
+    size = plain.stat().st_size
+    first = int.from_bytes(plain.read_bytes()[l2: l2 + 8], "big") & 0x00FF_FFFF_FFFF_FE00
+    poke(plain, l2, b"".join(((1 << 63) | (first + k * 4096)).to_bytes(8, "big")
+                             for k in range(64)))
+    k = -(-(size - first) // 4096)  # the first entry whose host cluster starts past the end
+    assert 0 < k < 64
+    err = _error(plain)
+    assert (err.field, err.offset) == (f"l2_table[0][{k}]", l2 + 8 * k)
+    assert "past the end of the file" in err.problem
 
 
 def test_compressed_cluster_garbage(plain: Path) -> None:

@@ -239,7 +239,7 @@ def _qcow2_rules(j: _Judge, disk: VirtualDisk) -> None:
     if disk.kind != "qcow2":
         j.skip("qcow2.dirty", "qcow2.corrupt")
         return
-    from .formats.qcow2 import Qcow2Disk  # loaded only for a qcow2 (numpy)
+    from .formats.qcow2 import Qcow2Disk  # loaded only for a qcow2 (zstd, ISA-L)
 
     assert isinstance(disk, Qcow2Disk)
     if disk.dirty:

@@ -44,12 +44,16 @@ class SparseDigest:
 PREFETCH = 2
 
 
+#: A buffer of the ring: the scan searches it in place (a memoryview has no find()).
+Buffer = mmap.mmap | bytearray
+
+
 class _Chunks:
     """Reads ``extents`` in ``chunk``-sized pieces on a reader thread, into a ring of buffers.
 
-    Iterating yields ``(piece, buf)``; a buffer goes back to the ring only when ``release(buf)``
-    is called, so a later stage (a writer thread) may keep it until it is done with it. Memory
-    stays at ``(prefetch + 1) * chunk``.
+    Iterating yields ``(piece, buf)``, the piece's data at the start of ``buf``; a buffer goes
+    back to the ring only when ``release(buf)`` is called, so a later stage (a writer thread)
+    may keep it until it is done with it. Memory stays at ``(prefetch + 1) * chunk``.
     """
 
     def __init__(self, disk: VirtualDisk, extents: list[Extent], chunk: int, prefetch: int):
@@ -58,10 +62,10 @@ class _Chunks:
         # first byte is read, even for a 1 MiB disk); a map's pages appear as the reads fill them.
         need = total(extents)
         chunk = min(chunk, max(SECTOR, -(-need // SECTOR) * SECTOR))
-        self.free: queue.Queue[memoryview] = queue.Queue()
+        self.free: queue.Queue[Buffer] = queue.Queue()
         for _ in range(min(prefetch + 1, max(1, -(-need // chunk)))):
-            self.free.put(memoryview(mmap.mmap(-1, chunk)))
-        self.ready: queue.Queue[tuple[Extent, memoryview] | BaseException | None] = queue.Queue()
+            self.free.put(mmap.mmap(-1, chunk))
+        self.ready: queue.Queue[tuple[Extent, Buffer] | BaseException | None] = queue.Queue()
         self.stop = threading.Event()
         self.disk, self.extents, self.chunk = disk, extents, chunk
         self.thread = threading.Thread(target=self._read, name="vhdkit-read", daemon=True)
@@ -74,24 +78,24 @@ class _Chunks:
                 if self.stop.is_set():
                     return
                 # zeros past the disk's end: sector padding of an odd-sized raw image
-                self.disk.read_into(piece.start, buf[: piece.length])
+                self.disk.read_into(piece.start, memoryview(buf)[: piece.length])
                 self.ready.put((piece, buf))
             self.ready.put(None)
         except BaseException as exc:  # handed to the consumer, raised there
             self.ready.put(exc)
 
-    def __iter__(self) -> Iterator[tuple[Extent, memoryview]]:
+    def __iter__(self) -> Iterator[tuple[Extent, Buffer]]:
         while (item := self.ready.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
 
-    def release(self, buf: memoryview) -> None:
+    def release(self, buf: Buffer) -> None:
         self.free.put(buf)
 
     def close(self) -> None:
         self.stop.set()
-        self.free.put(memoryview(bytearray(0)))  # wake the reader if it waits for a buffer
+        self.free.put(bytearray(0))  # wake the reader if it waits for a buffer
         self.thread.join()
 
 
@@ -105,7 +109,7 @@ def scan(disk: VirtualDisk, extents: list[Extent], chunk: int = CHUNK,
     overlaps the caller's scanning and writing); memory stays at ``(prefetch + 1) * chunk``.
     """
     if prefetch <= 0:
-        whole = memoryview(bytearray(chunk))
+        whole = bytearray(chunk)
         for piece in split(extents, chunk):
             yield from _runs(disk, piece, whole, progress, read=True)
         return
@@ -131,7 +135,7 @@ def copy_nonzero(disk: VirtualDisk, extents: list[Extent], fd: int, chunk: int =
     slowest stage instead of the sum of the three.
     """
     chunks = _Chunks(disk, extents, chunk, prefetch)
-    jobs: queue.Queue[tuple[memoryview, Extent, list[Extent]] | None] = queue.Queue()
+    jobs: queue.Queue[tuple[Buffer, Extent, list[Extent]] | None] = queue.Queue()
     failed: list[BaseException] = []
     written = 0
 
@@ -141,8 +145,9 @@ def copy_nonzero(disk: VirtualDisk, extents: list[Extent], fd: int, chunk: int =
             buf, piece, runs = job
             try:
                 if not failed:
+                    view = memoryview(buf)
                     for run in runs:
-                        data = buf[run.start - piece.start : run.end - piece.start]
+                        data = view[run.start - piece.start : run.end - piece.start]
                         pwrite_all(fd, data, run.start)
                         written += run.length
                         if on_run is not None:
@@ -157,7 +162,7 @@ def copy_nonzero(disk: VirtualDisk, extents: list[Extent], fd: int, chunk: int =
         for piece, buf in chunks:
             if failed:
                 break
-            jobs.put((buf, piece, nonzero_runs(buf[: piece.length], piece.start)))
+            jobs.put((buf, piece, nonzero_runs(buf, piece.start, piece.length)))
             if progress is not None:
                 progress(piece.length)
     finally:
@@ -169,13 +174,13 @@ def copy_nonzero(disk: VirtualDisk, extents: list[Extent], fd: int, chunk: int =
     return written
 
 
-def _runs(disk: VirtualDisk, piece: Extent, buf: memoryview,
+def _runs(disk: VirtualDisk, piece: Extent, buf: Buffer,
           progress: Callable[[int], None] | None, read: bool,
           ) -> Iterator[tuple[Extent, memoryview]]:
-    mv = buf[: piece.length]
+    mv = memoryview(buf)[: piece.length]
     if read:
         disk.read_into(piece.start, mv)
-    for run in nonzero_runs(mv, piece.start):
+    for run in nonzero_runs(buf, piece.start, piece.length):
         yield run, mv[run.start - piece.start : run.end - piece.start]
     if progress is not None:
         progress(piece.length)

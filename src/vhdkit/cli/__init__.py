@@ -10,6 +10,13 @@ imported only when that command runs (or when help lists them all), so ``vhdkit 
 from __future__ import annotations
 
 import importlib
+import os
+
+# numpy links OpenBLAS, which starts a worker thread per core at import and lets them spin
+# waiting for work. vhdkit does no linear algebra; on a 2-core machine those spinning threads
+# took about a tenth of a convert's CPU from the copy. Set only here: the command owns its
+# process, a program that imports the library keeps its own setting.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 

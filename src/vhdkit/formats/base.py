@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import DiskIOError
-from ..extents import Extent
+from ..extents import ZEROS, Extent
 
 
 class VirtualDisk(abc.ABC):
@@ -89,11 +89,16 @@ class ReadsInto(VirtualDisk):
         return bytes(out)
 
 
-def zero_fill(buf: memoryview) -> None:
-    if len(buf):
-        import numpy as np  # loaded on first use: commands that never fill start faster
+_ZEROS = memoryview(ZEROS)
 
-        np.frombuffer(buf, dtype=np.uint8).fill(0)
+
+def zero_fill(buf: memoryview) -> None:
+    """Zeros into ``buf``, a memcpy per MiB; no numpy to load."""
+    if buf.format != "B":
+        buf = buf.cast("B")
+    for pos in range(0, len(buf), len(_ZEROS)):
+        part = buf[pos:pos + len(_ZEROS)]
+        part[:] = _ZEROS[:len(part)]
 
 
 HAVE_PREADV = hasattr(os, "preadv")

@@ -85,7 +85,7 @@ def _vhdx(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) 
 
 
 def _qcow2(path: str, fd: int, size: int, parent: str | None, ctx: ChainContext) -> VirtualDisk:
-    from .qcow2 import open_qcow2  # numpy, zstd and ISA-L load only for a qcow2
+    from .qcow2 import open_qcow2  # zstd and ISA-L load only for a qcow2
 
     return open_qcow2(path, fd, size, parent, ctx)
 

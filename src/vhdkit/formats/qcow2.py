@@ -14,18 +14,19 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import struct
 import threading
 import zlib
+from bisect import bisect_right
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
 import zstandard
 
 from ..errors import DiskIOError, FormatError, ParentNotFound, UnsupportedDisk
-from ..extents import Extent, merge, subtract
+from ..extents import ZEROS, Extent, merge, subtract
 from .base import ReadsInto, VirtualDisk, open_fd, pread_into, zero_fill
 from .detect import detect
 from .qcow2_header import Qcow2Header, Snapshot, parse_header, read_exact, read_snapshots
@@ -47,8 +48,8 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib reads the s
 _DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (*_INFLATE_ERRORS, zstandard.ZstdError,
                                                    ValueError)
 
-#: Cluster kinds in a decoded L2 table.
-UNALLOC, ZERO, DATA, COMPRESSED, MIXED = 0, 1, 2, 3, 4
+#: Cluster kinds of the runs of a decoded L2 table (a cluster in no run is unallocated).
+ZERO, DATA, COMPRESSED, MIXED = 1, 2, 3, 4
 #: Bytes of decoded L2 tables and of inflated clusters kept in memory.
 L2_CACHE_BYTES = 32 * 1024 * 1024
 INFLATE_CACHE_BYTES = 8 * 1024 * 1024
@@ -62,13 +63,25 @@ QEMU_FORMATS = {"qcow2": "qcow2", "raw": "raw", "file": "raw", "vpc": "vhd", "vh
                 "parallels": "parallels", "dmg": "dmg", "luks": "luks"}
 
 
-class _Table(NamedTuple):
-    """One decoded L2 table, cut to the clusters inside the virtual disk."""
+class _Run(NamedTuple):
+    """Clusters ``[first, first + clusters)`` of one L2 table that read alike."""
 
-    kinds: np.ndarray  # uint8 cluster kinds
-    host: np.ndarray  # int64 host offsets (data clusters; compressed: byte offset)
-    sectors: np.ndarray  # int64 512-byte sectors of compressed data (0 otherwise)
-    bitmap: np.ndarray | None  # uint64 extended L2 bitmaps (alloc low, zero high)
+    first: int
+    clusters: int
+    kind: int
+    #: DATA and MIXED: host offset of the first cluster (MIXED: 0 if none); COMPRESSED: the
+    #: byte offset of its data
+    host: int
+    #: COMPRESSED: 512-byte sectors of compressed data; MIXED: the subcluster bitmap
+    extra: int = 0
+
+
+class _Table(NamedTuple):
+    """One decoded L2 table, cut to the clusters inside the virtual disk: runs in cluster
+    order (a cluster in no run is unallocated here) and their first clusters, to bisect."""
+
+    runs: list[_Run]
+    firsts: list[int]
 
 
 class Qcow2Disk(ReadsInto):
@@ -88,6 +101,7 @@ class Qcow2Disk(ReadsInto):
         self._entries = h.l2_entries
         self._l2_shift = h.cluster_bits + (h.l2_entries.bit_length() - 1)
         self._clusters = -(-h.size // self._cs)
+        self._ext = h.extended_l2
         # Compressed entries: x = 62 - (cluster_bits - 8) bits of byte offset, then sectors.
         self._csize_shift = 62 - (self._cb - 8)
         self._csize_mask = (1 << (self._cb - 8)) - 1
@@ -130,7 +144,7 @@ class Qcow2Disk(ReadsInto):
             "lazy_refcounts": bool(h.compatible & 1),
             "refcount_order": h.refcount_order,
             "l1_entries": h.l1_size,
-            "allocated_l2_tables": int(np.count_nonzero(self._l1)),
+            "allocated_l2_tables": len(self._l1),
         }
 
     def chain(self) -> list[VirtualDisk]:
@@ -138,25 +152,31 @@ class Qcow2Disk(ReadsInto):
 
     # -- tables ------------------------------------------------------------------------------
 
-    def _read_l1(self) -> np.ndarray:
-        """The L2 table offsets of the clusters inside the disk (0: no table), all checked."""
+    def _read_l1(self) -> dict[int, int]:
+        """L1 index -> offset of its L2 table, for the tables that exist, all checked."""
         h = self.header
         n = h.l1_needed
         raw = read_exact(self._fd, h.l1_table_offset, n * 8, self._file_size, "l1_table")
-        l1 = (np.frombuffer(raw, dtype=">u8") & np.uint64(L1_OFFSET_MASK)).astype(np.int64)
-        bad = np.flatnonzero((l1 % self._cs != 0) | ((l1 != 0) & (l1 + self._cs > self._file_size)))
-        if len(bad):
-            i = int(bad[0])
-            off = int(l1[i])
-            problem = (f"L2 table offset {off} is not aligned to the cluster size" if off % self._cs
-                       else f"L2 table at {off} runs past the end of the file "
-                            f"({self._file_size} bytes)")
+        words = struct.unpack(f">{n}Q", raw)
+        l1: dict[int, int] = {}
+        for i in itertools.compress(range(n), words):  # C skips the empty entries
+            off = words[i] & L1_OFFSET_MASK
+            if not off:
+                continue
+            if off % self._cs:
+                problem = f"L2 table offset {off} is not aligned to the cluster size"
+            elif off + self._cs > self._file_size:
+                problem = (f"L2 table at {off} runs past the end of the file "
+                           f"({self._file_size} bytes)")
+            else:
+                l1[i] = off
+                continue
             raise FormatError(f"l1_table[{i}]", h.l1_table_offset + 8 * i, problem)
-        return np.asarray(l1, dtype=np.int64)
+        return l1
 
     def _table(self, l1i: int) -> _Table | None:
-        off = int(self._l1[l1i])
-        if not off:
+        off = self._l1.get(l1i)
+        if off is None:
             return None
         with self._lock:
             t = self._tables.get(l1i)
@@ -171,49 +191,95 @@ class Qcow2Disk(ReadsInto):
         return t
 
     def _decode(self, l1i: int, table_off: int) -> _Table:
+        """The runs of one L2 table. Python looks at each run, not at each entry: a span of
+        empty entries, and a run of data clusters whose host clusters follow one another (what
+        qemu-img writes), are measured by comparing spans of the table with what they would
+        hold (memcmp), in doubling and halving steps."""
         n = min(self._entries, self._clusters - l1i * self._entries)
-        ext = self.header.extended_l2
+        ext = self._ext
         width = 16 if ext else 8
         raw = read_exact(self._fd, table_off, n * width, self._file_size, f"l2_table[{l1i}]")
-        words = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        std = words[0::2] if ext else words
-        bitmap = words[1::2] if ext else None
-        comp = (std & np.uint64(L2_COMPRESSED)) != 0
-        host = np.where(comp, std & np.uint64((1 << self._csize_shift) - 1),
-                        std & np.uint64(L2_OFFSET_MASK)).astype(np.int64)
-        sectors = np.where(comp, ((std >> np.uint64(self._csize_shift))
-                                  & np.uint64(self._csize_mask)).astype(np.int64) + 1, 0)
-        kinds = np.full(n, UNALLOC, dtype=np.uint8)
-        plain = ~comp
-        if bitmap is None:
-            zero = plain & ((std & np.uint64(L2_ZERO)) != 0)
-            if self.header.version == 2 and zero.any():
-                self._bad(l1i, table_off, width, zero, "zero flag in a version 2 image")
-            kinds[plain & ~zero & (host != 0)] = DATA
-            kinds[zero] = ZERO
-        else:
-            alloc = bitmap & np.uint64(FULL)
-            zbits = bitmap >> np.uint64(32)
-            self._bad(l1i, table_off, width, plain & ((alloc & zbits) != 0),
-                      "a subcluster is both allocated and zero")
-            self._bad(l1i, table_off, width, plain & (host == 0) & (alloc != 0),
-                      "allocated subclusters without a host cluster")
-            kinds[plain & ((alloc | zbits) != 0)] = MIXED
-            kinds[plain & (alloc == np.uint64(FULL))] = DATA
-            kinds[plain & (zbits == np.uint64(FULL))] = ZERO
-        kinds[comp] = COMPRESSED
-        reads = (kinds == DATA) | (kinds == MIXED)
-        self._bad(l1i, table_off, width, reads & (host % self._cs != 0),
-                  "host cluster offset is not aligned to the cluster size")
-        self._bad(l1i, table_off, width, (reads | comp) & (host >= self._file_size),
-                  f"host offset lies past the end of the file ({self._file_size} bytes)")
-        return _Table(kinds, host, sectors, bitmap)
+        words = struct.unpack(f">{n * width // 8}Q", raw)  # in C, a few ns an entry
+        cs, file_size = self._cs, self._file_size
+        runs: list[_Run] = []
+        i = 0
+        while i < n:
+            std = words[2 * i] if ext else words[i]
+            if not std and not (ext and words[2 * i + 1]):
+                i = _next_used(raw, words, i, n, ext)
+                continue
+            host = std & L2_OFFSET_MASK
+            if (not ext and not std & (L2_COMPRESSED | L2_ZERO) and host
+                    and not host % cs and host < file_size):
+                # a data cluster (what _entry would say, in fewer steps: most entries are)
+                clusters = 1
+                if i + 1 < n and words[i + 1] == std + cs:
+                    last = _chain_end(raw, i, n, std, cs)  # entries i+1..last follow entry i
+                    over = host + (last - i) * cs - file_size
+                    if over >= 0:  # name the first entry whose host cluster is past the end
+                        k = last - over // cs
+                        self._check_host(l1i, table_off, width, k, host + (k - i) * cs)
+                    clusters = last - i + 1
+                run = _Run(i, clusters, DATA, host)
+            else:
+                entry = self._entry(l1i, table_off, width, i, std, words[2 * i + 1] if ext else 0)
+                if entry is None:
+                    i += 1
+                    continue
+                run = entry
+            prev = runs[-1] if runs else None
+            if (prev is not None and prev.kind == run.kind and run.kind in (DATA, ZERO)
+                    and prev.first + prev.clusters == i
+                    and (run.kind == ZERO or run.host == prev.host + prev.clusters * cs)):
+                runs[-1] = prev._replace(clusters=prev.clusters + run.clusters)
+            else:
+                runs.append(run)
+            i += run.clusters
+        return _Table(runs, [r.first for r in runs])
 
-    def _bad(self, l1i: int, table_off: int, width: int, mask: np.ndarray, problem: str) -> None:
-        hit = np.flatnonzero(mask)
-        if len(hit):
-            i = int(hit[0])
+    def _entry(self, l1i: int, table_off: int, width: int, i: int, std: int,
+               bitmap: int) -> _Run | None:
+        """Entry ``i`` of an L2 table, checked; None when it leaves the cluster unallocated."""
+        if std & L2_COMPRESSED:
+            host = std & ((1 << self._csize_shift) - 1)
+            self._check_host(l1i, table_off, width, i, host)
+            return _Run(i, 1, COMPRESSED, host, ((std >> self._csize_shift) & self._csize_mask) + 1)
+        host = std & L2_OFFSET_MASK
+        problem = None
+        if self._ext:
+            alloc, zeros = bitmap & FULL, bitmap >> 32
+            if alloc & zeros:
+                problem = "a subcluster is both allocated and zero"
+            elif host == 0 and alloc:
+                problem = "allocated subclusters without a host cluster"
+            elif alloc == FULL:
+                kind = DATA
+            elif zeros == FULL:
+                return _Run(i, 1, ZERO, 0)
+            elif alloc | zeros:
+                kind = MIXED
+            else:
+                return None
+        elif std & L2_ZERO:
+            if self.header.version != 2:
+                return _Run(i, 1, ZERO, 0)
+            problem = "zero flag in a version 2 image"
+        elif host:
+            kind = DATA
+        else:
+            return None
+        if problem is None and host % self._cs:
+            problem = "host cluster offset is not aligned to the cluster size"
+        if problem is not None:
             raise FormatError(f"l2_table[{l1i}][{i}]", table_off + width * i, problem)
+        self._check_host(l1i, table_off, width, i, host)
+        return _Run(i, 1, kind, host, bitmap if kind == MIXED else 0)
+
+    def _check_host(self, l1i: int, table_off: int, width: int, i: int, host: int) -> None:
+        if host >= self._file_size:
+            raise FormatError(f"l2_table[{l1i}][{i}]", table_off + width * i,
+                              f"host offset lies past the end of the file ({self._file_size} "
+                              "bytes)")
 
     # -- allocation map ----------------------------------------------------------------------
 
@@ -233,22 +299,26 @@ class Qcow2Disk(ReadsInto):
         """(ranges whose data this image holds, ranges it marks as zeros) - never the data."""
         data: list[Extent] = []
         zero: list[Extent] = []
+        cb = self._cb
         sub = self._cs // SUBCLUSTERS
-        for l1i in np.flatnonzero(self._l1).tolist():
+        for l1i in sorted(self._l1):
             t = self._table(l1i)
             assert t is not None
             base = l1i << self._l2_shift
-            k = t.kinds
-            data += _runs((k == DATA) | (k == COMPRESSED), base, self._cb)
-            zero += _runs(k == ZERO, base, self._cb)
-            if t.bitmap is not None:
-                for i in np.flatnonzero(k == MIXED).tolist():
-                    bm = int(t.bitmap[i])
-                    start = base + (i << self._cb)
+            for r in t.runs:
+                start = base + (r.first << cb)
+                if r.kind == DATA or r.kind == COMPRESSED:
+                    if data and data[-1].end == start:  # compressed clusters: one each
+                        data[-1] = Extent(data[-1].start, data[-1].length + (r.clusters << cb))
+                    else:
+                        data.append(Extent(start, r.clusters << cb))
+                elif r.kind == ZERO:
+                    zero.append(Extent(start, r.clusters << cb))
+                else:
                     for j in range(SUBCLUSTERS):
-                        if bm >> j & 1:
+                        if r.extra >> j & 1:
                             data.append(Extent(start + j * sub, sub))
-                        elif bm >> (32 + j) & 1:
+                        elif r.extra >> (32 + j) & 1:
                             zero.append(Extent(start + j * sub, sub))
         return merge(data), merge(zero)
 
@@ -272,37 +342,35 @@ class Qcow2Disk(ReadsInto):
 
     def _read_table(self, t: _Table, base: int, buf: memoryview, boff: int, pos: int,
                     stop: int) -> None:
-        cb, cs = self._cb, self._cs
-        c0 = (pos - base) >> cb
-        c1 = (stop - base + cs - 1) >> cb
-        kinds = t.kinds[c0:c1]
-        host = t.host[c0:c1]
-        if len(kinds) > 1:
-            brk = ((kinds[1:] != kinds[:-1]) | (kinds[1:] >= COMPRESSED)
-                   | ((kinds[1:] == DATA) & (host[1:] != host[:-1] + cs)))
-            bounds = [0, *(np.flatnonzero(brk) + 1).tolist(), len(kinds)]
-        else:
-            bounds = [0, len(kinds)]
-        klist = kinds.tolist()
-        inflated = self._inflate_many(t, c0, kinds, host)
-        for a, b in itertools.pairwise(bounds):
-            cstart = base + ((c0 + a) << cb)
-            rs, re = max(pos, cstart), min(stop, base + ((c0 + b) << cb))
-            part = buf[rs - boff: re - boff]
-            kind = klist[a]
-            if kind == DATA:
-                pread_into(self._fd, part, int(host[a]) + rs - cstart)
-            elif kind == ZERO:
+        cb = self._cb
+        c1 = (stop - base + self._cs - 1) >> cb
+        runs = t.runs
+        j = bisect_right(t.firsts, (pos - base) >> cb) - 1
+        if j < 0 or base + ((runs[j].first + runs[j].clusters) << cb) <= pos:
+            j += 1  # no run covers pos: start from the next one
+        inflated = self._inflate_many(runs, j, c1)
+        while pos < stop:
+            if j >= len(runs) or runs[j].first >= c1:
+                self._below(buf, boff, pos, stop)  # unallocated to the end of the read
+                return
+            r = runs[j]
+            rstart = base + (r.first << cb)
+            if rstart > pos:
+                self._below(buf, boff, pos, rstart)
+                pos = rstart
+            rend = min(stop, base + ((r.first + r.clusters) << cb))
+            part = buf[pos - boff: rend - boff]
+            if r.kind == DATA:
+                pread_into(self._fd, part, r.host + pos - rstart)
+            elif r.kind == ZERO:
                 zero_fill(part)
-            elif kind == UNALLOC:
-                self._below(buf, boff, rs, re)
-            elif kind == COMPRESSED:
-                data = inflated.get(int(host[a])) or self._inflate(int(host[a]),
-                                                                    int(t.sectors[c0 + a]))
-                part[:] = data[rs - cstart: re - cstart]
+            elif r.kind == COMPRESSED:
+                data = inflated.get(r.host) or self._inflate(r.host, r.extra)
+                part[:] = data[pos - rstart: rend - rstart]
             else:
-                assert t.bitmap is not None
-                self._read_mixed(int(t.bitmap[c0 + a]), int(host[a]), cstart, buf, boff, rs, re)
+                self._read_mixed(r.extra, r.host, rstart, buf, boff, pos, rend)
+            pos = rend
+            j += 1
 
     def _read_mixed(self, bm: int, host: int, cstart: int, buf: memoryview, boff: int,
                     rs: int, re: int) -> None:
@@ -327,17 +395,20 @@ class Qcow2Disk(ReadsInto):
         else:
             self.backing.read_into(start, part)
 
-    def _inflate_many(self, t: _Table, c0: int, kinds: np.ndarray,
-                      host: np.ndarray) -> dict[int, bytes]:
-        """Inflate the compressed clusters of one read on a few threads (zlib and zstd release
-        the GIL), their data fetched in one pread when it lies together (qemu-img writes
-        compressed clusters one after the other)."""
-        idx = np.flatnonzero(kinds == COMPRESSED)
-        if len(idx) < PARALLEL_MIN:
+    def _inflate_many(self, runs: list[_Run], j: int, c1: int) -> dict[int, bytes]:
+        """Inflate the compressed clusters of one read (runs ``j``... before cluster ``c1``) on
+        a few threads (zlib and zstd release the GIL), their data fetched in one pread when it
+        lies together (qemu-img writes compressed clusters one after the other)."""
+        comp: list[_Run] = []
+        for r in itertools.islice(runs, j, None):
+            if r.first >= c1:
+                break
+            if r.kind == COMPRESSED:
+                comp.append(r)
+        if len(comp) < PARALLEL_MIN:
             return {}
-        hosts = host[idx].tolist()
-        lengths = [min(n * 512 - (h & 511), self._file_size - h)
-                   for h, n in zip(hosts, t.sectors[c0 + idx].tolist(), strict=True)]
+        hosts = [r.host for r in comp]
+        lengths = [min(r.extra * 512 - (r.host & 511), self._file_size - r.host) for r in comp]
         lo = min(hosts)
         hi = max(h + n for h, n in zip(hosts, lengths, strict=True))
         raws: list[bytes | memoryview]
@@ -402,13 +473,64 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _runs(mask: np.ndarray, base: int, cb: int) -> list[Extent]:
-    """Byte ranges of the runs of True clusters in ``mask``."""
-    if not mask.any():
-        return []
-    edges = np.flatnonzero(np.diff(mask.view(np.int8), prepend=0, append=0))
-    return [Extent(base + (s << cb), (e - s) << cb)
-            for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True)]
+_U64 = struct.Struct(">Q")
+_ENTRY = struct.Struct(">QQ")  # an extended L2 entry: the standard word, the subcluster bitmap
+
+
+def _next_used(raw: bytes, words: tuple[int, ...], i: int, n: int, ext: bool) -> int:
+    """The first entry at or after ``i`` that is not empty (``n`` if none). Past a few empty
+    entries, spans of them are compared with zeros, doubling while they hold, halving when not."""
+    width = 16 if ext else 8
+    for _ in range(4):
+        if i >= n or ((words[2 * i] or words[2 * i + 1]) if ext else words[i]):
+            return min(i, n)
+        i += 1
+    view, is_zero, most = memoryview(raw), ZEROS.startswith, len(ZEROS) // width
+    step = 1
+    while i < n:
+        step = min(step, n - i, most)
+        if is_zero(view[i * width: (i + step) * width]):
+            i += step
+            step *= 2
+        elif step == 1:
+            return i
+        else:
+            step //= 2
+    return n
+
+
+def _chain_end(raw: bytes, i: int, n: int, entry: int, cs: int) -> int:
+    """The last index j such that entries i..j of a standard L2 table are ``entry``,
+    ``entry + cs``, ``entry + 2 cs``...: a run of data clusters whose host clusters follow one
+    another (same flags). ``entry`` is a data cluster's: no flag bit above the offset is set
+    that adding n clusters could carry into."""
+    j, step = i + 1, 1
+    while j < n:
+        step = min(step, 1 << ((n - j).bit_length() - 1))  # a power of two: see _ramp
+        if raw.startswith(_ramp(entry + (j - i) * cs, cs, step), 8 * j):
+            j += step
+            step *= 2
+        elif step == 1:
+            break
+        else:
+            step //= 2
+    return j - 1
+
+
+#: k (a power of two) -> (sum of x^(k-1-m), sum of m x^(k-1-m)) over m < k, with x = 2^64:
+#: k big-endian 64-bit words holding h, h + d, ..., h + (k-1) d are h * first + d * second.
+_RAMPS: dict[int, tuple[int, int]] = {1: (1, 0)}
+
+
+def _ramp(start: int, step: int, k: int) -> bytes:
+    """``k`` big-endian 64-bit words: start, start + step, ... (built in C, by two products)."""
+    if k not in _RAMPS:
+        half = k // 2
+        _ramp(0, 0, half)
+        r, s = _RAMPS[half]
+        _RAMPS[k] = ((r << (64 * half)) + r, (s << (64 * half)) + s + half * r)
+    r, s = _RAMPS[k]
+    return (start * r + step * s).to_bytes(8 * k, "big")
 
 
 def _zstd_cluster(raw: bytes | memoryview, cs: int) -> bytes:
