@@ -93,7 +93,10 @@ def total(extents: Iterable[Extent]) -> int:
 #: 1 MiB of zeros to compare with (memcmp) and copy from: calloc'd, so its pages are the
 #: kernel's shared zero page until read (no memory of its own).
 ZEROS = bytes(1024 * 1024)
-_ZERO_SECTOR = bytes(SECTOR)
+#: What the search looks for: zeros a zero sector must hold. Short, so that the search reads
+#: every cache line in order (memory prefetches it); with a whole sector it skips 512 bytes a
+#: probe and ran at 7.4 GB/s out of cache, against 17 GB/s.
+_PROBE = bytes(64)
 #: The search steps (zero runs, near misses) the scan may take per this many bytes before the
 #: data counts as fragmented, and numpy's scan takes over, for good.
 _BYTES_PER_STEP = 32 * 1024
@@ -109,8 +112,8 @@ def nonzero_runs(buf: bytes | bytearray | mmap.mmap | memoryview, base: int = 0,
     ``bytes``, a ``bytearray`` or an ``mmap``; another memoryview is copied first.
 
     Two ways, one result. First without numpy (importing it costs a convert 0.06-0.1 s): C's
-    substring search looks for a sector of zeros, skipping about 500 bytes of data per probe,
-    and each zero run is measured by comparing spans with a buffer of zeros (memcmp), a few
+    substring search looks for 64 zero bytes, skipping about 60 bytes of data per probe, and
+    each zero run is measured by comparing spans with a buffer of zeros (memcmp), a few
     Python steps per run and none per byte. Data with many short zero runs would make those
     steps the cost, so past a budget of steps numpy scans instead (every sector reduced at
     memory bandwidth), from then on.
@@ -151,14 +154,16 @@ def _scan(hay: bytes | bytearray | mmap.mmap, n: int, base: int,
     find, is_zero, view = hay.find, ZEROS.startswith, memoryview(hay)
     out: list[Extent] = []
     run = pos = 0  # run: where the pending non-zero run starts; pos: where to search on
-    while (hit := find(_ZERO_SECTOR, pos, n)) >= 0:
+    while (hit := find(_PROBE, pos, n)) >= 0:
         steps -= 1
         if steps < 0:
             return None
-        sector = -(-hit // SECTOR) * SECTOR  # zeros start at ``hit``: the sector they may fill
+        # A zero sector at or after ``pos`` holds zeros that start at or after ``hit``: the
+        # first sector edge from ``hit`` on is where one may start.
+        sector = -(-hit // SECTOR) * SECTOR
         if sector + SECTOR > n:
             break
-        if sector != hit and not is_zero(view[sector:sector + SECTOR]):
+        if not is_zero(view[sector:sector + SECTOR]):
             pos = sector + 1  # any zero sector lies further on
             continue
         stop = _zeros_end(view, sector + SECTOR, n, base)
@@ -172,11 +177,15 @@ def _scan(hay: bytes | bytearray | mmap.mmap, n: int, base: int,
 
 #: File systems allocate 4 KiB blocks: zero runs mostly start and end on these edges.
 _BLOCK = 4096
+#: The widest span compared at once. A span that fails is compared again in halves, which
+#: should come from the CPU's cache: with spans of 1 MiB a disk with 10 % data scanned at 0.85x
+#: the speed of a memory copy, with 256 KiB at 1.1x.
+_WIDEST = 256 * 1024
 
 
 def _zeros_end(view: memoryview, stop: int, n: int, base: int) -> int:
     """Where the zero run that reaches ``stop`` ends: up to the disk's next 4 KiB edge, then in
-    blocks, doubling the span while it holds zeros and halving it when not."""
+    blocks, doubling the span (up to 256 KiB) while it holds zeros and halving it when not."""
     is_zero = ZEROS.startswith
     edge = min(n, stop + (-(base + stop)) % _BLOCK)
     if edge > stop:
@@ -185,7 +194,7 @@ def _zeros_end(view: memoryview, stop: int, n: int, base: int) -> int:
         stop = edge
     step = _BLOCK
     while stop < n:
-        span = min(step, n - stop, len(ZEROS))
+        span = min(step, n - stop, _WIDEST)
         if is_zero(view[stop:stop + span]):
             stop += span
             step = span * 2

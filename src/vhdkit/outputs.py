@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 
@@ -62,7 +61,7 @@ def refuse_output(path: str, protect: Iterable[str], what: str = "output") -> No
 def temp_path(dst: str) -> str:
     """A hidden temporary beside ``dst``: ``.NAME.vhdkit-tmp-PID-RANDOM``."""
     directory, name = os.path.split(os.path.abspath(dst))
-    return os.path.join(directory, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    return os.path.join(directory, f".{name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def _pid_alive(pid: int) -> bool:
