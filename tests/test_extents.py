@@ -127,15 +127,15 @@ def test_nonzero_runs_matches_a_byte_by_byte_reference(seed: int) -> None:
 
 def _zero_run_shapes(seed: int) -> tuple[bytearray, int]:
     """Data with zero runs of every kind the search meets: whole sectors and blocks, runs longer
-    than the zero buffer it compares with (1 MiB), and zeros that fill no aligned sector (500
-    bytes straddling an edge, 1000 bytes from mid-sector)."""
+    than the widest span it compares at once, and zeros that fill no aligned sector (64 to 500
+    bytes: what the search finds, then rejects at the sector edge; 1000 from mid-sector)."""
     rng = random.Random(seed)
     n = rng.choice([3 * 1024 * 1024 + 7 * 512, 2 * 1024 * 1024, 64 * 512])
     buf = bytearray(rng.randbytes(n))
     pos = 0
     while pos < n:
         pos += rng.choice([1, 300, 4096, 20000, 1 << 20])
-        length = rng.choice([500, 1000, 512, 4096, 3 * 512, 8192 + 512, 1_500_000])
+        length = rng.choice([64, 100, 500, 1000, 512, 4096, 3 * 512, 8192 + 512, 1_500_000])
         buf[pos: pos + length] = bytes(len(buf[pos: pos + length]))
         pos += length
     base = rng.choice([0, 512, 4096 * 3 + 1024, 1 << 40])
