@@ -212,7 +212,7 @@ def main() -> None:
                   "| CPU vhdkit / qemu-img | reader alone | durable-write floor "
                   "| lowest reachable ratio | same output |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        startup = startup_seconds(work, args.runs)
+        startup = startup_seconds(work, args.runs, "qcow2")
         for name, src in srcs.items():
             print(f"convert: {name}", file=sys.stderr, flush=True)
             r = bench_convert(src, work, args.runs)
@@ -231,7 +231,7 @@ def main() -> None:
                                   "qemu-img + sync)", "recorded (what limits the goal above)",
                                   ratio(low), None))
         lines += ["", f"Lowest reachable ratio = (vhdkit's fixed start-up, {startup:.3f} s: a "
-                  "whole convert of a 1 MiB disk, + the durable-write floor of the output's "
+                  "whole convert of a 1 MiB qcow2, + the durable-write floor of the output's "
                   "data: the fastest of three ways to write it from memory, then fsync) ÷ "
                   "qemu-img + sync. Above 1.0×, no data path reaches the goal with this "
                   "start-up."]
