@@ -191,10 +191,11 @@ class Qcow2Disk(ReadsInto):
         return t
 
     def _decode(self, l1i: int, table_off: int) -> _Table:
-        """The runs of one L2 table. Python looks at each run, not at each entry: a span of
-        empty entries, and a run of data clusters whose host clusters follow one another (what
-        qemu-img writes), are measured by comparing spans of the table with what they would
-        hold (memcmp), in doubling and halving steps."""
+        """The runs of one L2 table. The entries are unpacked in C; Python then takes one step
+        per run where it can: a span of empty entries, and a run of data clusters whose host
+        clusters follow one another (what qemu-img writes), are measured by comparing spans of
+        the table with what they would hold (memcmp), in doubling and halving steps. A data
+        cluster on its own costs one short step; any other entry goes through ``_entry``."""
         n = min(self._entries, self._clusters - l1i * self._entries)
         ext = self._ext
         width = 16 if ext else 8
@@ -471,10 +472,6 @@ def _pool() -> ThreadPoolExecutor:
             _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2),
                                        thread_name_prefix="vhdkit-inflate")
         return _POOL
-
-
-_U64 = struct.Struct(">Q")
-_ENTRY = struct.Struct(">QQ")  # an extended L2 entry: the standard word, the subcluster bitmap
 
 
 def _next_used(raw: bytes, words: tuple[int, ...], i: int, n: int, ext: bool) -> int:
